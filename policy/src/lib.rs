@@ -1,0 +1,6 @@
+//! Drift policy.
+//!
+//! A policy is an ordered list of rules above a default rule. Each rule has a scope (conditions
+//! on cluster, namespace, pod name, pod labels, container name and image name), an action
+//! (`block`, `alert` or `ignore`) and an allow list of processes. Rules are evaluated top to
+//! bottom; the first rule whose scope matches decides; the default rule decides when none does.
