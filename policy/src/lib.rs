@@ -9,5 +9,7 @@
 //! lower-case hex.
 
 pub mod scope;
+pub mod verdict;
 
 pub use scope::{Action, Scope};
+pub use verdict::{FailurePolicy, Outcome, VerdictClass};
