@@ -7,3 +7,5 @@
 //!
 //! Invariant: when the supervisor cannot decide, the configured failure policy answers (deny by
 //! default); a decision is never made on a path name alone.
+
+pub mod oci;
