@@ -224,6 +224,10 @@ impl IndexCache {
         let layers = futures::future::try_join_all(walks).await?;
         let view = Arc::new(blocking(&first, move || ImageView::merge(&layers)).await?);
         let mut views = lock(&self.inner.views);
+        // A concurrent request may have stored its view meanwhile: hand out that one.
+        if let Some(existing) = views.get(&keys).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
         views.retain(|_, weak| weak.strong_count() > 0);
         views.insert(keys, Arc::downgrade(&view));
         Ok(view)

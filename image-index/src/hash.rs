@@ -105,7 +105,7 @@ pub fn looks_executable(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Seek, Write};
 
     fn file_with(content: &[u8]) -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -122,8 +122,9 @@ mod tests {
         for len in [0usize, 5, 300 * 1024, 5 * 1024 * 1024 + 17] {
             let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let expected = *blake3::hash(&content).as_bytes();
-            let (_dir, f) = file_with(&content);
+            let (_dir, mut f) = file_with(&content);
             assert_eq!(hash_file(&f).expect("hash_file"), expected, "len {len}");
+            f.seek(std::io::SeekFrom::Start(0)).expect("rewind");
             let facts = hash_layer_file(&f, len as u64).expect("hash_layer_file");
             assert_eq!(facts.hash, expected, "len {len}");
             assert_eq!(facts.len, len as u64);
