@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use rayon::prelude::*;
 
 use crate::error::IndexError;
 use crate::layer::{index_layer, LayerIndex};
@@ -113,6 +114,24 @@ pub fn load_or_index(
         }
     }
     Ok((index, Origin::Walked))
+}
+
+/// Builds the view of an image synchronously: layers are loaded or walked in parallel on the
+/// rayon pool, then merged. Returns how each layer (top first) was obtained. Blocking; for
+/// command-line tools and benchmarks, where no async runtime is running.
+pub fn image_blocking(
+    store: Option<&LayerStore>,
+    layers_top_first: &[LayerSource],
+) -> Result<(ImageView, Vec<Origin>), IndexError> {
+    if layers_top_first.is_empty() {
+        return Err(IndexError::NoLayers);
+    }
+    let loaded: Vec<(LayerIndex, Origin)> = layers_top_first
+        .par_iter()
+        .map(|source| load_or_index(store, &source.dir, &source.key()?))
+        .collect::<Result<_, _>>()?;
+    let (layers, origins): (Vec<LayerIndex>, Vec<Origin>) = loaded.into_iter().unzip();
+    Ok((ImageView::merge(&layers), origins))
 }
 
 type SharedLayer = Shared<BoxFuture<'static, Result<Arc<LayerIndex>, IndexError>>>;

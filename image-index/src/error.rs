@@ -12,13 +12,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
     /// A layer directory could not be read.
-    #[error("cannot read layer directory {path}: {source}")]
+    #[error("cannot read layer directory {path}: {error}")]
     Io {
         /// The layer directory.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: Arc<io::Error>,
+        /// The underlying error (part of the message, so it is not also a `source`).
+        error: Arc<io::Error>,
     },
     /// A layer path exists but is not a directory.
     #[error("layer path {path} is not a directory")]
@@ -44,7 +43,7 @@ impl IndexError {
     pub fn io(path: &Path, source: io::Error) -> Self {
         IndexError::Io {
             path: path.to_path_buf(),
-            source: Arc::new(source),
+            error: Arc::new(source),
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod layer;
 pub mod store;
 pub mod view;
 
-pub use cache::{load_or_index, CacheCounters, IndexCache, LayerSource, Origin};
+pub use cache::{image_blocking, load_or_index, CacheCounters, IndexCache, LayerSource, Origin};
 pub use entry::{Entry, FileEntry, SpecialKind};
 pub use error::IndexError;
 pub use hash::{hash_file, ContentHash};

@@ -164,6 +164,12 @@ impl ImageView {
         view_entry.entry.as_file().map(|file| (resolved, file))
     }
 
+    /// The entry `path` leads to after following every symlink inside the image (any kind of
+    /// entry, unlike [`ImageView::resolve_file`]), with its resolved path.
+    pub fn resolve_entry(&self, path: &Path) -> Option<(PathBuf, &ViewEntry)> {
+        self.resolve(path, true)
+    }
+
     /// Every image path whose regular file has exactly this content, sorted.
     pub fn paths_with_content(&self, hash: &ContentHash) -> Vec<PathBuf> {
         self.by_content.get(hash).cloned().unwrap_or_default()

@@ -1,5 +1,7 @@
 //! Command-line interface: one module per subcommand family.
 
+pub mod index;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -30,6 +32,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Print version and build information.
     Version,
+    /// Print the merged index of image layer directories (top layer first).
+    Index(index::IndexArgs),
+    /// Print what the image index says about one path.
+    Check(index::CheckArgs),
 }
 
 /// Sets up `tracing` on stderr; the filter comes from `RUST_LOG` (default `info`).
@@ -52,5 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("driftguard {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Index(args) => index::run_index(args),
+        Command::Check(args) => index::run_check(args),
     }
 }
