@@ -5,7 +5,26 @@
 //! file inside the container's root and classifying it against the image, and owns the merging of
 //! the notify rules into an OCI spec's `linux.seccomp` section.
 //!
+//! Modules: [`oci`] merges profiles; [`handoff`] receives fds; [`supervisor`] serves them
+//! ([`exec`] decides one notification with [`target`], [`resolve`] and [`classify`]);
+//! [`holder`] keeps duplicates across supervisor restarts; [`sys`] is the only unsafe code.
+//!
 //! Invariant: when the supervisor cannot decide, the configured failure policy answers (deny by
 //! default); a decision is never made on a path name alone.
 
+pub mod classify;
+pub mod container;
+pub mod decide;
+pub mod exec;
+pub mod handoff;
+pub mod holder;
+pub mod mountinfo;
 pub mod oci;
+pub mod resolve;
+pub mod stats;
+pub mod supervisor;
+pub mod sys;
+pub mod target;
+
+pub use decide::{Decider, Decision, EventSink, ExecEvent, ExecFacts, ImageSource};
+pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError};

@@ -1,0 +1,107 @@
+//! What the supervisor needs from policy, image index and alerting, as small traits.
+//!
+//! The daemon implements these with driftguard-policy (`PolicyStore`), driftguard-image-index
+//! (`IndexCache`) and its event sinks; tests implement them with the same crates or with small
+//! real stand-ins. Keeping them as traits keeps the notification loop free of those crates'
+//! internals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use driftguard_policy::{Action, FailurePolicy, Outcome, Scope, VerdictClass};
+use serde::Serialize;
+
+use crate::classify::ImageLookup;
+
+/// Facts about one exec, as the supervisor established them.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecFacts<'a> {
+    /// The verdict class.
+    pub class: VerdictClass,
+    /// Resolved path inside the container.
+    pub path: &'a str,
+    /// BLAKE3 of the file, when computed.
+    pub hash: Option<[u8; 32]>,
+    /// The file is on a volume, tmpfs or other mount rather than the rootfs.
+    pub on_volume: bool,
+}
+
+/// The policy's answer for one exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Name of the matched rule.
+    pub rule: String,
+    /// The rule's action.
+    pub action: Action,
+    /// Allow, alert or deny.
+    pub outcome: Outcome,
+    /// The rule's allow list exempted the exec.
+    pub allow_listed: bool,
+}
+
+/// Turns facts into a decision (implemented for the policy store).
+pub trait Decider: Send + Sync + 'static {
+    /// Decides one exec of a container.
+    fn decide(&self, scope: &Scope, facts: &ExecFacts<'_>) -> Decision;
+    /// What to answer when no decision can be made.
+    fn failure_policy(&self) -> FailurePolicy;
+}
+
+/// Builds a container's image view from its layers (implemented for the image index cache).
+#[async_trait::async_trait]
+pub trait ImageSource: Send + Sync + 'static {
+    /// The merged image of these layers, top first.
+    async fn image(
+        &self,
+        lowerdirs_top_first: Vec<PathBuf>,
+    ) -> Result<Arc<dyn ImageLookup>, String>;
+}
+
+/// One exec that is not a silent allow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecEvent {
+    /// Container id.
+    pub container_id: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Image name.
+    pub image: String,
+    /// Host pid of the caller.
+    pub pid: u32,
+    /// Resolved path inside the container (or the requested path when resolution failed).
+    pub path: String,
+    /// The first arguments of the exec.
+    pub argv: Vec<String>,
+    /// Verdict class, absent when the supervisor could not classify.
+    pub class: Option<VerdictClass>,
+    /// BLAKE3 as hex.
+    pub hash: Option<String>,
+    /// Matched rule (empty for failure-policy answers).
+    pub rule: String,
+    /// The rule's action.
+    pub action: Option<Action>,
+    /// What happened to the exec.
+    pub outcome: Outcome,
+    /// The allow list exempted it.
+    pub allow_listed: bool,
+    /// Why the failure policy answered, when it did.
+    pub error: Option<String>,
+}
+
+/// Receives exec events.
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes one event; must not block.
+    fn emit(&self, event: ExecEvent);
+}
+
+impl EventSink for tokio::sync::mpsc::UnboundedSender<ExecEvent> {
+    fn emit(&self, event: ExecEvent) {
+        // A closed receiver means the daemon is shutting down; the event has nowhere to go.
+        let _ = self.send(event);
+    }
+}

@@ -1,0 +1,307 @@
+//! Deciding one exec notification: read, re-check, resolve, classify, decide.
+//!
+//! Order (seccomp_unotify(2)): read the path from the caller's memory and open the caller's
+//! root, then `SECCOMP_IOCTL_NOTIF_ID_VALID`, and only then use what was read. An exec whose
+//! lookup fails (missing file, loop, name too long, unreadable path) is answered with the errno
+//! the kernel would have returned, so a file that appears after the check can never run
+//! unchecked. A non-regular target gets `EACCES`.
+//!
+//! Limits: `CONTINUE` is advisory (seccomp_unotify(2)): a racing thread can rewrite the path
+//! after the check. Denials are race-free.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use driftguard_policy::VerdictClass;
+
+use crate::classify::{self, Classified, FileKey, Placement};
+use crate::container::Container;
+use crate::resolve::{self, Caller, Lookup, Opened};
+use crate::sys::{self, Notification};
+use crate::target::{self, ExecCall, PATH_MAX};
+
+/// What to answer, before policy.
+#[derive(Debug)]
+pub enum Assessment {
+    /// The notification is gone (caller exited or was interrupted): send nothing useful.
+    Gone,
+    /// Fail the exec with this errno, as the kernel would have.
+    Errno(i32),
+    /// A classified exec target.
+    Target(Target),
+}
+
+/// A classified exec target.
+#[derive(Debug)]
+pub struct Target {
+    /// Canonical path inside the container (for a loader trick: the program argument).
+    pub path: String,
+    /// Classification.
+    pub verdict: Classified,
+}
+
+/// Why an exec could not be classified (the failure policy answers).
+#[derive(Debug, thiserror::Error)]
+pub enum AssessError {
+    /// Not an exec syscall of a known calling convention.
+    #[error("notification is not an exec syscall (nr {nr}, arch {arch:#x})")]
+    NotExec {
+        /// Syscall number.
+        nr: i32,
+        /// Audit arch.
+        arch: u32,
+    },
+    /// An I/O step failed for a reason the exec itself would not have.
+    #[error("{step} for pid {pid}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// Caller pid.
+        pid: u32,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The image view is not available.
+    #[error("image of container {container} unavailable: {reason}")]
+    Image {
+        /// Container id.
+        container: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Errnos of a failed lookup that the exec would have failed with too.
+const LOOKUP_ERRNOS: [i32; 6] = [
+    libc::ENOENT,
+    libc::ENOTDIR,
+    libc::ELOOP,
+    libc::ENAMETOOLONG,
+    libc::EACCES,
+    libc::EBADF,
+];
+
+/// Assesses one notification.
+pub async fn assess(
+    container: &Arc<Container>,
+    notify_fd: BorrowedFd<'_>,
+    notif: &Notification,
+) -> Result<Assessment, AssessError> {
+    let pid = notif.pid;
+    let Some((call, abi)) = target::decode(&notif.data) else {
+        return Err(AssessError::NotExec {
+            nr: notif.data.nr,
+            arch: notif.data.arch,
+        });
+    };
+    let (lookup, argv_addr) = match read_lookup(pid, call) {
+        Ok(found) => found,
+        Err(err) if sys::id_valid(notify_fd, notif.id) => {
+            return Ok(Assessment::Errno(err.errno()))
+        }
+        Err(_) => return Ok(Assessment::Gone),
+    };
+    let caller = match Caller::open(pid) {
+        Ok(caller) => caller,
+        Err(_) if !sys::id_valid(notify_fd, notif.id) => return Ok(Assessment::Gone),
+        Err(source) => {
+            return Err(AssessError::Io {
+                step: "opening /proc/PID/root",
+                pid,
+                source,
+            })
+        }
+    };
+    // Everything read so far belongs to the caller only if the notification is still live.
+    if !sys::id_valid(notify_fd, notif.id) {
+        return Ok(Assessment::Gone);
+    }
+    let opened = match caller.resolve(&lookup) {
+        Ok(opened) => opened,
+        Err(err) => return lookup_failure(err, pid),
+    };
+    if !classify::is_regular(&opened.stat) {
+        return Ok(Assessment::Errno(libc::EACCES));
+    }
+    let root_dev = caller.root_dev().map_err(|source| AssessError::Io {
+        step: "stat of root",
+        pid,
+        source,
+    })?;
+    let (path, verdict) = classify_opened(container, root_dev, &opened).await?;
+    if matches!(
+        verdict.class,
+        VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
+    ) && classify::is_dynamic_loader(Path::new(&path))
+    {
+        let argv = target::read_argv(pid, argv_addr, abi);
+        if let Some(program) = loader_program_target(container, &caller, root_dev, &argv).await? {
+            return Ok(Assessment::Target(program));
+        }
+    }
+    Ok(Assessment::Target(Target { path, verdict }))
+}
+
+fn lookup_failure(err: std::io::Error, pid: u32) -> Result<Assessment, AssessError> {
+    match err.raw_os_error() {
+        Some(errno) if LOOKUP_ERRNOS.contains(&errno) => Ok(Assessment::Errno(errno)),
+        _ => Err(AssessError::Io {
+            step: "resolving the exec target",
+            pid,
+            source: err,
+        }),
+    }
+}
+
+fn read_lookup(pid: u32, call: ExecCall) -> Result<(Lookup, u64), target::ReadError> {
+    match call {
+        ExecCall::Execve { path, argv } => Ok((
+            Lookup::execve(target::read_cstring(pid, path, PATH_MAX)?),
+            argv,
+        )),
+        ExecCall::Execveat {
+            dirfd,
+            path,
+            argv,
+            flags,
+        } => {
+            let path = target::read_cstring(pid, path, PATH_MAX)?;
+            Ok((Lookup::execveat(dirfd, path, flags), argv))
+        }
+    }
+}
+
+/// Classifies an opened regular file; returns its container path and verdict.
+async fn classify_opened(
+    container: &Arc<Container>,
+    root_dev: u64,
+    opened: &Opened,
+) -> Result<(String, Classified), AssessError> {
+    let path = resolve::fd_path(&opened.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
+    let shown = path.to_string_lossy().into_owned();
+    if opened.stat.st_nlink == 0 || resolve::is_memfd_path(&path) {
+        let verdict = Classified {
+            class: VerdictClass::Fileless,
+            hash: None,
+            on_volume: false,
+        };
+        return Ok((shown, verdict));
+    }
+    let key = FileKey::of(&opened.stat);
+    if let Some(hit) = container.cache.get(&key, &path) {
+        return Ok((shown, hit));
+    }
+    let placement = match &container.layers {
+        Some(layers) => classify::placement(layers, root_dev, &path, &opened.stat),
+        None => Placement::Elsewhere,
+    };
+    let verdict = match placement {
+        Placement::Lower => Classified {
+            class: VerdictClass::ImageFile,
+            hash: None,
+            on_volume: false,
+        },
+        Placement::Upper => by_content(container, &opened.file, &path, false).await?,
+        Placement::Elsewhere => {
+            let on_volume = opened.stat.st_dev != root_dev;
+            by_content(container, &opened.file, &path, on_volume).await?
+        }
+    };
+    container.cache.put(key, path, verdict.clone());
+    Ok((shown, verdict))
+}
+
+async fn by_content(
+    container: &Arc<Container>,
+    file: &OwnedFd,
+    path: &Path,
+    on_volume: bool,
+) -> Result<Classified, AssessError> {
+    let image = container
+        .image()
+        .await
+        .map_err(|reason| AssessError::Image {
+            container: container.id.clone(),
+            reason,
+        })?;
+    let dup = file
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| AssessError::Io {
+            step: "duplicating the target fd",
+            pid: 0,
+            source,
+        })?;
+    let hash = tokio::task::spawn_blocking(move || classify::hash_opened(&dup))
+        .await
+        .map_err(|err| AssessError::Io {
+            step: "hashing",
+            pid: 0,
+            source: std::io::Error::other(err),
+        })?
+        .map_err(|source| AssessError::Io {
+            step: "hashing the exec target",
+            pid: 0,
+            source,
+        })?;
+    Ok(classify::by_content(image.as_ref(), path, hash, on_volume))
+}
+
+/// For an image's dynamic loader: the program it was asked to run, when that program is not
+/// an image file (a loader trick).
+async fn loader_program_target(
+    container: &Arc<Container>,
+    caller: &Caller,
+    root_dev: u64,
+    argv: &[Vec<u8>],
+) -> Result<Option<Target>, AssessError> {
+    let Some(program) = classify::loader_program(argv) else {
+        return Ok(None);
+    };
+    let Ok(opened) = caller.resolve(&Lookup::execve(program.to_vec())) else {
+        return Ok(None);
+    };
+    if !classify::is_regular(&opened.stat) {
+        return Ok(None);
+    }
+    let (path, verdict) = classify_opened(container, root_dev, &opened).await?;
+    if matches!(
+        verdict.class,
+        VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
+    ) {
+        return Ok(None);
+    }
+    let verdict = Classified {
+        class: VerdictClass::LoaderTrick,
+        ..verdict
+    };
+    Ok(Some(Target { path, verdict }))
+}
+
+/// Reads argv for an event (best effort; the caller may be gone).
+pub fn event_argv(notif: &Notification) -> Vec<String> {
+    let Some((call, abi)) = target::decode(&notif.data) else {
+        return Vec::new();
+    };
+    let addr = match call {
+        ExecCall::Execve { argv, .. } | ExecCall::Execveat { argv, .. } => argv,
+    };
+    target::read_argv(notif.pid, addr, abi)
+        .into_iter()
+        .map(|arg| String::from_utf8_lossy(&arg).into_owned())
+        .collect()
+}
+
+/// The requested path, for events about execs that could not be resolved.
+pub fn requested_path(notif: &Notification) -> String {
+    let addr = match target::decode(&notif.data) {
+        Some((ExecCall::Execve { path, .. }, _)) | Some((ExecCall::Execveat { path, .. }, _)) => {
+            path
+        }
+        None => return String::new(),
+    };
+    target::read_cstring(notif.pid, addr, PATH_MAX)
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,262 @@
+//! The fd holder: a tiny process that keeps a duplicate of every notify fd.
+//!
+//! The kernel fails every exec of a filter with `ENOSYS` once the last holder of its notify fd
+//! closes it, and a runtime never sends the fd again. The holder keeps a duplicate and the
+//! container's hand-off state, so a supervisor crash or upgrade costs waiting time, not failed
+//! execs: pending execs wait in the kernel until the next supervisor takes the fds back.
+//!
+//! Protocol, over a `SOCK_SEQPACKET` unix socket (one datagram per message, fds attached):
+//! - `{"op":"put","state":<base64-free raw JSON as a string>}` + one fd → `{"ok":true}`;
+//! - `{"op":"list"}` → one `{"op":"entry","state":...}` + fd per held fd, then
+//!   `{"op":"end","count":N}`.
+//!
+//! The holder never reads from a notify fd: it polls them for `POLLHUP` only and drops an fd
+//! when no task uses its filter any more. Peers must be root.
+//!
+//! Limits: the holder itself is a single point: if it dies while the supervisor is also down,
+//! the fds are lost. It keeps state only in memory.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{
+    self as rnet, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// Largest message (state JSON plus framing).
+const MAX_MESSAGE: usize = (1 << 20) + 4096;
+/// Client-side timeout for each reply.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Message {
+    Put { state: String },
+    List,
+    Entry { state: String },
+    End { count: usize },
+    Ok,
+    Error { reason: String },
+}
+
+fn send(socket: impl AsFd, message: &Message, fd: Option<&OwnedFd>) -> io::Result<()> {
+    let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd.as_fd()];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("control buffer too small"));
+        }
+    }
+    rnet::sendmsg(
+        socket,
+        &[IoSlice::new(&body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+fn recv(socket: impl AsFd) -> io::Result<Option<(Message, Option<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let got = rnet::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fd = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            for received in fds {
+                fd.get_or_insert(received);
+            }
+        }
+    }
+    if got.bytes == 0 {
+        return Ok(None);
+    }
+    let message = serde_json::from_slice(&buf[..got.bytes]).map_err(io::Error::other)?;
+    Ok(Some((message, fd)))
+}
+
+fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let socket = rnet::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let timeout = Some(CLIENT_TIMEOUT);
+    rnet::sockopt::set_socket_timeout(&socket, rnet::sockopt::Timeout::Recv, timeout)?;
+    rnet::connect(&socket, &SocketAddrUnix::new(path)?)?;
+    Ok(socket)
+}
+
+/// Gives the holder a duplicate of a notify fd with its hand-off state.
+pub fn put(path: &Path, state: &[u8], fd: OwnedFd) -> io::Result<()> {
+    let socket = connect(path)?;
+    let state = String::from_utf8_lossy(state).into_owned();
+    send(&socket, &Message::Put { state }, Some(&fd))?;
+    match recv(&socket)? {
+        Some((Message::Ok, _)) => Ok(()),
+        Some((Message::Error { reason }, _)) => Err(io::Error::other(reason)),
+        other => Err(io::Error::other(format!(
+            "unexpected holder reply {other:?}"
+        ))),
+    }
+}
+
+/// Takes back (duplicates of) every held fd with its state.
+pub fn list(path: &Path) -> io::Result<Vec<(Vec<u8>, OwnedFd)>> {
+    let socket = connect(path)?;
+    send(&socket, &Message::List, None)?;
+    let mut out = Vec::new();
+    loop {
+        match recv(&socket)? {
+            Some((Message::Entry { state }, Some(fd))) => out.push((state.into_bytes(), fd)),
+            Some((Message::End { .. }, _)) => return Ok(out),
+            other => {
+                return Err(io::Error::other(format!(
+                    "unexpected holder reply {other:?}"
+                )))
+            }
+        }
+    }
+}
+
+struct Held {
+    state: String,
+    fd: OwnedFd,
+}
+
+/// Runs the holder on `path` until the process is killed.
+pub fn run_holder(path: &Path) -> io::Result<()> {
+    let listener = bind_seqpacket(path)?;
+    info!(socket = %path.display(), "fd holder listening");
+    let mut held: Vec<Held> = Vec::new();
+    loop {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(held.len() + 1);
+        fds.push(PollFd::new(&listener, PollFlags::IN));
+        // Empty interest: only POLLHUP/POLLERR are reported, pending notifications are not.
+        fds.extend(held.iter().map(|h| PollFd::new(&h.fd, PollFlags::empty())));
+        rustix::event::poll(&mut fds, None)?;
+        let hung: Vec<usize> = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        let accept_ready = fds[0].revents().contains(PollFlags::IN);
+        drop(fds);
+        for index in hung.into_iter().rev() {
+            held.swap_remove(index);
+        }
+        if accept_ready {
+            if let Err(err) = serve_client(&listener, &mut held) {
+                warn!(error = %err, "fd holder client failed");
+            }
+        }
+    }
+}
+
+fn bind_seqpacket(path: &Path) -> io::Result<OwnedFd> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let socket = rnet::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rnet::bind(&socket, &SocketAddrUnix::new(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    rnet::listen(&socket, 64)?;
+    Ok(socket)
+}
+
+fn serve_client(listener: &OwnedFd, held: &mut Vec<Held>) -> io::Result<()> {
+    let client = rnet::accept_with(listener, SocketFlags::CLOEXEC)?;
+    rnet::sockopt::set_socket_timeout(&client, rnet::sockopt::Timeout::Recv, Some(CLIENT_TIMEOUT))?;
+    let cred = rnet::sockopt::socket_peercred(&client)?;
+    if cred.uid.as_raw() != 0 {
+        warn!(
+            uid = cred.uid.as_raw(),
+            "fd holder client refused: not root"
+        );
+        return Ok(());
+    }
+    match recv(&client)? {
+        Some((Message::Put { state }, Some(fd))) => {
+            held.push(Held { state, fd });
+            info!(held = held.len(), "fd holder took a notify fd");
+            send(&client, &Message::Ok, None)
+        }
+        Some((Message::List, _)) => {
+            for entry in held.iter() {
+                send(
+                    &client,
+                    &Message::Entry {
+                        state: entry.state.clone(),
+                    },
+                    Some(&entry.fd),
+                )?;
+            }
+            send(&client, &Message::End { count: held.len() }, None)
+        }
+        other => {
+            let reason = format!("unexpected request {other:?}");
+            send(&client, &Message::Error { reason }, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_and_returns_fds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("h/holder.sock");
+        let p = path.clone();
+        std::thread::spawn(move || run_holder(&p));
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A pipe's read end stands in for a notify fd: it hangs up when the write end closes.
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        put(&path, br#"{"state":{"id":"a"}}"#, read).expect("put");
+        let listed = list(&path).expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, br#"{"state":{"id":"a"}}"#.to_vec());
+        drop(listed);
+        drop(write);
+        let mut empty = false;
+        for _ in 0..100 {
+            if list(&path).expect("list").is_empty() {
+                empty = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(empty, "the holder drops an fd that hung up");
+    }
+}

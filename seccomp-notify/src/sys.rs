@@ -1,0 +1,247 @@
+//! The raw kernel interface: seccomp user-notify ioctls and `process_vm_readv`.
+//!
+//! Everything `unsafe` in the crate is here, each block with the invariant it relies on. The
+//! rest of the crate sees safe functions over [`BorrowedFd`] and plain structs.
+//!
+//! Invariants: a receive buffer is zeroed before every `SECCOMP_IOCTL_NOTIF_RECV` (the kernel
+//! refuses a dirty one) and is at least as large as the kernel's `struct seccomp_notif`
+//! ([`check_notif_sizes`] verifies it once at start). ioctl numbers follow the asm-generic
+//! layout shared by x86_64 and aarch64.
+//!
+//! Limits: only x86_64 and aarch64 kernels are supported (the ioctl encoding differs on some
+//! other architectures).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// `SECCOMP_IOCTL_NOTIF_RECV`: `_IOWR('!', 0, struct seccomp_notif)`.
+const NOTIF_RECV: u64 = 0xc050_2100;
+/// `SECCOMP_IOCTL_NOTIF_SEND`: `_IOWR('!', 1, struct seccomp_notif_resp)`.
+const NOTIF_SEND: u64 = 0xc018_2101;
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: `_IOW('!', 2, __u64)` (the Linux ≥ 5.8 number).
+const NOTIF_ID_VALID: u64 = 0x4008_2102;
+/// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`.
+const FLAG_CONTINUE: u32 = 1;
+/// `seccomp(2)` operation `SECCOMP_GET_NOTIF_SIZES`.
+const GET_NOTIF_SIZES: libc::c_uint = 3;
+
+/// `struct seccomp_data`: the syscall as the filter saw it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeccompData {
+    /// Syscall number (architecture specific).
+    pub nr: i32,
+    /// `AUDIT_ARCH_*` of the calling convention.
+    pub arch: u32,
+    /// Instruction pointer at the syscall.
+    pub instruction_pointer: u64,
+    /// The six syscall arguments, zero-extended.
+    pub args: [u64; 6],
+}
+
+/// `struct seccomp_notif`: one pending syscall.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Notification {
+    /// Cookie that identifies the notification in later ioctls.
+    pub id: u64,
+    /// Thread id of the caller, in the supervisor's pid namespace (0 when not visible there).
+    pub pid: u32,
+    /// Unused by the kernel so far.
+    pub flags: u32,
+    /// The syscall.
+    pub data: SeccompData,
+}
+
+/// Receive buffer: the UAPI struct plus room for fields a newer kernel may append.
+#[repr(C)]
+#[derive(Default)]
+struct RecvBuffer {
+    notif: Notification,
+    spare: [u64; 8],
+}
+
+/// `struct seccomp_notif_resp`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Response {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+/// `struct seccomp_notif_sizes`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct NotifSizes {
+    notif: u16,
+    notif_resp: u16,
+    data: u16,
+}
+
+/// Checks that the running kernel's notification structs fit the buffers of this module.
+pub fn check_notif_sizes() -> io::Result<()> {
+    let mut sizes = NotifSizes::default();
+    // SAFETY: SECCOMP_GET_NOTIF_SIZES writes exactly one `struct seccomp_notif_sizes` (three
+    // u16, the layout of `NotifSizes`) to the pointer, which is valid and exclusively borrowed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            GET_NOTIF_SIZES,
+            0 as libc::c_uint,
+            &mut sizes,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fits = usize::from(sizes.notif) <= std::mem::size_of::<RecvBuffer>()
+        && usize::from(sizes.notif_resp) <= std::mem::size_of::<Response>()
+        && usize::from(sizes.data) <= std::mem::size_of::<SeccompData>();
+    if !fits {
+        return Err(io::Error::other(format!(
+            "kernel seccomp notification sizes {sizes:?} exceed the supported layout"
+        )));
+    }
+    Ok(())
+}
+
+/// Receives one pending notification. `ENOENT` means the caller was interrupted by a signal
+/// and the notification withdrawn (the kernel restarts the syscall with a new one).
+pub fn recv(fd: BorrowedFd<'_>) -> io::Result<Notification> {
+    let mut buffer = RecvBuffer::default();
+    // SAFETY: `buffer` is zeroed (Default) and larger than the kernel's struct seccomp_notif
+    // (checked by `check_notif_sizes`); the kernel writes at most that many bytes into it.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            NOTIF_RECV as libc::Ioctl,
+            &mut buffer as *mut RecvBuffer,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buffer.notif)
+}
+
+/// Whether the notification is still pending (its caller alive and still waiting).
+pub fn id_valid(fd: BorrowedFd<'_>, id: u64) -> bool {
+    // SAFETY: SECCOMP_IOCTL_NOTIF_ID_VALID reads one u64 through the pointer, which points to
+    // a live local.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            NOTIF_ID_VALID as libc::Ioctl,
+            &id as *const u64,
+        )
+    };
+    rc == 0
+}
+
+/// Lets the syscall run (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`).
+pub fn send_continue(fd: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+    send(
+        fd,
+        Response {
+            id,
+            val: 0,
+            error: 0,
+            flags: FLAG_CONTINUE,
+        },
+    )
+}
+
+/// Fails the syscall with `errno` (positive, e.g. `libc::EPERM`).
+pub fn send_errno(fd: BorrowedFd<'_>, id: u64, errno: i32) -> io::Result<()> {
+    send(
+        fd,
+        Response {
+            id,
+            val: 0,
+            error: -errno,
+            flags: 0,
+        },
+    )
+}
+
+fn send(fd: BorrowedFd<'_>, mut response: Response) -> io::Result<()> {
+    // SAFETY: `response` is a fully initialized struct seccomp_notif_resp that the kernel
+    // reads (and may write back) through the pointer while it is exclusively borrowed.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            NOTIF_SEND as libc::Ioctl,
+            &mut response as *mut Response,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Registers a notify fd with tokio's reactor for readability.
+pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is an open descriptor that stays open, and keeps returning the same
+    // number from `as_raw_fd`, for as long as the `AsyncFd` owns it.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+    registered.map_err(|err| err.into_parts().1)
+}
+
+/// Reads from another process's memory at `addr` into `buf`; returns the bytes read, which
+/// is less than `buf.len()` only when the remote range is not mapped (then possibly 0).
+///
+/// The caller keeps each request within one remote page so that a partial read is detected
+/// (the kernel never splits one iovec element).
+pub fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, which is valid for writes of `buf.len()` bytes and
+    // exclusively borrowed; `remote` is only an address in the other process, which the kernel
+    // validates (EFAULT) and never dereferences in ours.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EFAULT) {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_layouts_match_the_uapi() {
+        assert_eq!(std::mem::size_of::<SeccompData>(), 64);
+        assert_eq!(std::mem::size_of::<Notification>(), 80);
+        assert_eq!(std::mem::size_of::<Response>(), 24);
+        check_notif_sizes().expect("kernel sizes fit");
+    }
+
+    #[test]
+    fn reads_own_memory_and_stops_at_unmapped_pages() {
+        let text = b"/bin/true\0";
+        let mut buf = [0u8; 10];
+        let n = read_remote(std::process::id(), text.as_ptr() as u64, &mut buf).expect("read");
+        assert_eq!(n, 10);
+        assert_eq!(&buf, text);
+        let n = read_remote(std::process::id(), 8, &mut buf).expect("unmapped");
+        assert_eq!(n, 0);
+    }
+}
