@@ -12,24 +12,24 @@
 //! Content hashes cross crate boundaries as `[u8; 32]` (BLAKE3 output) and are shown as
 //! lower-case hex.
 
-//pub mod alerts;
+pub mod alerts;
 pub mod edit;
-//pub mod event;
+pub mod event;
 pub mod file;
-//pub mod metrics;
+pub mod metrics;
 pub mod policy;
 pub mod rule;
 pub mod scope;
-//pub mod store;
+pub mod store;
 pub mod verdict;
 
-//pub use alerts::{Alerts, AlertsConfig, HttpSinkConfig};
+pub use alerts::{Alerts, AlertsConfig, HttpSinkConfig};
 pub use edit::{write_atomic, EditError, Move, RuleEdit};
-//pub use event::{DriftEvent, ParentProcess, Severity};
+pub use event::{DriftEvent, ParentProcess, Severity};
 pub use file::{PolicyError, DEFAULT_POLICY_PATH};
-//pub use metrics::Metrics;
+pub use metrics::Metrics;
 pub use policy::{Decision, ExecFacts, Explanation, Options, Policy, Treatment};
 pub use rule::{AllowEntry, Condition, Field, Invalid, Operator, Rule};
 pub use scope::{Action, Scope};
-//pub use store::{PolicyStore, PolicyWatcher};
+pub use store::{PolicyStore, PolicyWatcher};
 pub use verdict::{FailurePolicy, Outcome, VerdictClass};

@@ -99,7 +99,7 @@ impl Field {
     }
 
     /// The scope's value for this field; `None` for `podLabels` (tested label by label).
-    fn value<'s>(self, scope: &'s Scope) -> Option<&'s str> {
+    fn value(self, scope: &Scope) -> Option<&str> {
         match self {
             Field::Cluster => Some(&scope.cluster),
             Field::Namespace => Some(&scope.namespace),
