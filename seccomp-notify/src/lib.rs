@@ -12,6 +12,7 @@
 //! Invariant: when the supervisor cannot decide, the configured failure policy answers (deny by
 //! default); a decision is never made on a path name alone.
 
+pub mod adapters;
 pub mod classify;
 pub mod container;
 pub mod decide;

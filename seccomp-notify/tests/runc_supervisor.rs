@@ -1,0 +1,183 @@
+//! Privileged end-to-end tests: busybox bundles on a real overlay rootfs run under runc with the
+//! notify profile pointing at a supervisor that uses the project's policy store and image index.
+
+mod support;
+
+use driftguard_policy::{Outcome, VerdictClass};
+use support::{blocking, text, Bundle, Running};
+
+const DRIFT_SCRIPT: &str = r#"
+/bin/ls / >/dev/null && echo ls-ok
+cp /bin/busybox /root/evil; echo drift >> /root/evil; chmod 755 /root/evil
+/root/evil true; echo upper-rc=$?
+cp /root/evil /tmp/evil; chmod 755 /tmp/evil
+/tmp/evil true; echo tmpfs-rc=$?
+mkdir /root/bin; cp /bin/busybox /root/bin/true; /root/bin/true; echo reloc-rc=$?
+cd /bin && ./busybox true; echo rel-img-rc=$?
+cd /tmp && ./evil true; echo rel-evil-rc=$?
+cd /bin && ../tmp/evil true; echo dotdot-rc=$?
+cd /; /bin/../tmp/evil true; echo abs-dotdot-rc=$?
+mkdir /tmp/up; ln -s ../../../../../../bin/busybox /tmp/up/true; /tmp/up/true; echo symlink-up-rc=$?
+ln -s /../../../../usr/bin/env /tmp/out; /tmp/out true; echo symlink-out-rc=$?
+/bin/xat dirfd /bin busybox true; echo xat-dirfd-img-rc=$?
+/bin/xat dirfd /tmp evil true; echo xat-dirfd-evil-rc=$?
+/bin/xat fd /bin/busybox true; echo xat-fd-img-rc=$?
+/bin/xat fd /tmp/evil true; echo xat-fd-evil-rc=$?
+/bin/xat memfd /bin/busybox true; echo memfd-rc=$?
+touch /bin/busybox; /bin/busybox true; echo touched-rc=$?
+"#;
+
+fn expect_line(output: &str, line: &str) {
+    assert!(
+        output.lines().any(|l| l.trim() == line),
+        "missing `{line}` in container output:\n{output}"
+    );
+}
+
+async fn drift_is_denied_and_image_binaries_run(version: &str) {
+    let runc = support::runc(version).expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", DRIFT_SCRIPT]).expect("bundle");
+    let out = blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    })
+    .await
+    .expect("runc run");
+    let output = text(&out);
+    for line in [
+        "ls-ok",
+        "upper-rc=126",
+        "tmpfs-rc=126",
+        "reloc-rc=0",
+        "rel-img-rc=0",
+        "rel-evil-rc=126",
+        "dotdot-rc=126",
+        "abs-dotdot-rc=126",
+        "symlink-up-rc=0",
+        "symlink-out-rc=127",
+        "xat-dirfd-img-rc=0",
+        "xat-dirfd-evil-rc=126",
+        "xat-fd-img-rc=0",
+        "xat-fd-evil-rc=126",
+        "memfd-rc=126",
+        "touched-rc=0",
+    ] {
+        expect_line(&output, line);
+    }
+    assert!(
+        output.contains("/root/evil: Operation not permitted"),
+        "{output}"
+    );
+
+    let events = supervisor.drain_events();
+    let denied = |path: &str, class: VerdictClass| {
+        events
+            .iter()
+            .any(|e| e.path == path && e.class == Some(class) && e.outcome == Outcome::Deny)
+    };
+    assert!(denied("/root/evil", VerdictClass::NewFile), "{events:#?}");
+    assert!(denied("/tmp/evil", VerdictClass::NewFile), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.class == Some(VerdictClass::Fileless)),
+        "{events:#?}"
+    );
+    let reloc = events
+        .iter()
+        .find(|e| e.path == "/root/bin/true")
+        .expect("relocated event");
+    assert_eq!(reloc.class, Some(VerdictClass::RelocatedImageBinary));
+    assert_eq!(reloc.outcome, Outcome::Alert);
+    assert_eq!(reloc.namespace, "tests");
+    assert_eq!(reloc.pod, "pod-1");
+    assert!(reloc.hash.is_some());
+    assert!(
+        !events.iter().any(|e| e.path == "/bin/busybox"),
+        "image files and a metadata-only copy-up are silent: {events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_1_1_5_drift_is_denied_and_image_binaries_run() {
+    drift_is_denied_and_image_binaries_run("1.1.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_1_3_6_drift_is_denied_and_image_binaries_run() {
+    drift_is_denied_and_image_binaries_run("1.3.6").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_exec_hands_off_a_second_fd_that_is_served() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let bundle = Bundle::new(&runc, &supervisor.socket, &["/bin/sleep", "60"]).expect("bundle");
+    let out = blocking(move || {
+        bundle.start_detached()?;
+        let script = "/bin/true; echo img-rc=$?; cp /bin/busybox /root/x; echo x >> /root/x; \
+                      chmod 755 /root/x; /root/x true; echo drift-rc=$?";
+        let out = bundle.exec(&["/bin/sh", "-c", script]);
+        drop(bundle);
+        out
+    })
+    .await
+    .expect("runc exec");
+    let output = text(&out);
+    expect_line(&output, "img-rc=0");
+    expect_line(&output, "drift-rc=126");
+    let events = supervisor.drain_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.path == "/root/x" && e.outcome == Outcome::Deny),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_get_a_verdict_and_serving_goes_on() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let supervisor = Running::start(None).await.expect("supervisor");
+    let script = r#"
+/bin/xat nonul; echo nonul-rc=$?
+/bin/xat long; echo long-rc=$?
+ln -s loop2 /tmp/loop1; ln -s loop1 /tmp/loop2; /tmp/loop1; echo loop-rc=$?
+cp /bin/busybox /root/big; echo x >> /root/big; chmod 755 /root/big
+/bin/xat race /root/big 40; echo race-rc=$?
+/bin/xat race /bin/true 40
+/bin/true; echo after-rc=$?
+/root/big true; echo big-rc=$?
+"#;
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
+    let out = blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    })
+    .await
+    .expect("runc run");
+    let output = text(&out);
+    expect_line(
+        &output,
+        &format!("execve-nonul errno={} (Bad address)", libc::EFAULT),
+    );
+    expect_line(
+        &output,
+        &format!(
+            "execve-long errno={} (File name too long)",
+            libc::ENAMETOOLONG
+        ),
+    );
+    assert!(
+        output.contains("/tmp/loop1: Too many levels of symbolic links"),
+        "{output}"
+    );
+    expect_line(&output, "race-rc=0");
+    expect_line(&output, "after-rc=0");
+    expect_line(&output, "big-rc=126");
+}

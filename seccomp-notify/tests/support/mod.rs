@@ -1,0 +1,324 @@
+//! Shared fixtures of the privileged supervisor tests: a busybox image layer, OCI bundles whose
+//! rootfs is a real overlay mount (lowerdir = the layer, an upperdir), runc, and a supervisor
+//! wired to the project's policy store and image index.
+//!
+//! Needs root, runc (`contrib/dev/runtime.sh runc-path VERSION`, or `DG_RUNC_PATH`), a static
+//! busybox (`runtime.sh busybox-path`, or `DG_BUSYBOX`) and `gcc -static`. A missing
+//! prerequisite fails the test: CI runs as root with all of them.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use driftguard_image_index::IndexCache;
+use driftguard_policy::{Policy, PolicyStore};
+use driftguard_seccomp::oci::{merge_into_config, ListenerTarget};
+use driftguard_seccomp::{ExecEvent, Supervisor, SupervisorConfig};
+use tokio::sync::mpsc;
+
+/// Policy of the tests: drift is blocked, image files run.
+pub const BLOCK_POLICY: &str = "apiVersion: driftguard.dev/v1
+kind: DriftPolicy
+spec:
+  defaultRule:
+    name: block-drift
+    action: block
+";
+
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn runtime_sh(args: &[&str]) -> Result<PathBuf> {
+    let out = Command::new(project_root().join("contrib/dev/runtime.sh"))
+        .args(args)
+        .output()
+        .context("running contrib/dev/runtime.sh")?;
+    if !out.status.success() {
+        bail!(
+            "runtime.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// runc of a version: `DG_RUNC_PATH` or the harness's unpacked copy.
+pub fn runc(version: &str) -> Result<PathBuf> {
+    match std::env::var_os("DG_RUNC_PATH") {
+        Some(path) if version == "1.1.5" => Ok(PathBuf::from(path)),
+        _ => runtime_sh(&["runc-path", version]),
+    }
+}
+
+fn busybox() -> Result<PathBuf> {
+    match std::env::var_os("DG_BUSYBOX") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => runtime_sh(&["busybox-path"]),
+    }
+}
+
+/// The busybox image layer, built once per test process.
+pub fn layer() -> Result<&'static Path> {
+    static LAYER: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = LAYER.get() {
+        return Ok(dir);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("dg-layer-")
+        .tempdir()?
+        .keep();
+    for sub in ["bin", "tmp", "proc", "dev", "sys", "etc", "root", "usr/bin"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::copy(busybox()?, dir.join("bin/busybox"))?;
+    for applet in [
+        "sh", "ls", "cat", "cp", "chmod", "true", "echo", "sleep", "ln", "mkdir", "touch",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/xat.c");
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("bin/xat"))
+        .arg(&src)
+        .status()
+        .context("gcc -static")?;
+    if !status.success() {
+        bail!("gcc -static failed for {}", src.display());
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    Ok(LAYER.get_or_init(|| dir))
+}
+
+/// An OCI bundle with an overlay rootfs over the busybox layer.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub id: String,
+    pub runc: PathBuf,
+    pub runc_root: PathBuf,
+    mounted: bool,
+}
+
+impl Bundle {
+    /// Creates the bundle; `args` is the container's command; the profile is containerd's
+    /// RuntimeDefault merged with the notify rules pointing at `socket`.
+    pub fn new(runc: &Path, socket: &Path, args: &[&str]) -> Result<Bundle> {
+        let dir = tempfile::Builder::new()
+            .prefix("dg-bundle-")
+            .tempdir()?
+            .keep();
+        let id = format!(
+            "dg-{}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        );
+        for sub in ["upper", "work", "rootfs", "runc-root"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let lower = layer()?;
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(dir.join("rootfs"))
+            .status()?;
+        if !status.success() {
+            bail!("mounting the overlay at {}", dir.join("rootfs").display());
+        }
+        let mut bundle = Bundle {
+            runc_root: dir.join("runc-root"),
+            dir,
+            id,
+            runc: runc.to_path_buf(),
+            mounted: true,
+        };
+        bundle.write_config(socket, args)?;
+        Ok(bundle)
+    }
+
+    fn write_config(&mut self, socket: &Path, args: &[&str]) -> Result<()> {
+        let status = Command::new(&self.runc)
+            .arg("spec")
+            .current_dir(&self.dir)
+            .status()?;
+        if !status.success() {
+            bail!("runc spec failed");
+        }
+        let path = self.dir.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!(args);
+        config["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
+        config["hostname"] = "dg".into();
+        config["mounts"]
+            .as_array_mut()
+            .context("mounts")?
+            .push(serde_json::json!({
+                "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", "size=64m"]
+            }));
+        let profile = include_str!("../fixtures/containerd-runtime-default.json");
+        config["linux"]["seccomp"] = serde_json::from_str(profile)?;
+        config["annotations"] = serde_json::json!({
+            "io.kubernetes.cri.sandbox-namespace": "tests",
+            "io.kubernetes.cri.sandbox-name": "pod-1",
+            "io.kubernetes.cri.container-name": "app",
+            "io.kubernetes.cri.image-name": "localhost/driftguard/busybox:1"
+        });
+        let target = ListenerTarget {
+            listener_path: socket.display().to_string(),
+            listener_metadata: self.id.clone(),
+        };
+        merge_into_config(&mut config, &target)?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        Ok(())
+    }
+
+    fn runc_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.runc);
+        cmd.arg("--root").arg(&self.runc_root);
+        cmd
+    }
+
+    /// `runc run` in the foreground; returns the container's output.
+    pub fn run(&self) -> Result<Output> {
+        let out = self
+            .runc_cmd()
+            .args(["run", "--bundle"])
+            .arg(&self.dir)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(out)
+    }
+
+    /// `runc run --detach`.
+    pub fn start_detached(&self) -> Result<()> {
+        let status = self
+            .runc_cmd()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&self.dir)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("runc run --detach {} failed", self.id);
+        }
+        Ok(())
+    }
+
+    /// `runc exec ID ARGS...`.
+    pub fn exec(&self, args: &[&str]) -> Result<Output> {
+        Ok(self
+            .runc_cmd()
+            .arg("exec")
+            .arg(&self.id)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// Writes a file into the container's upper layer through the overlay (as the container
+    /// would).
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = self
+            .runc_cmd()
+            .args(["delete", "--force"])
+            .arg(&self.id)
+            .output();
+        if self.mounted {
+            let _ = Command::new("umount").arg(self.dir.join("rootfs")).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A supervisor running in this process on a private socket.
+pub struct Running {
+    pub socket: PathBuf,
+    pub events: mpsc::UnboundedReceiver<ExecEvent>,
+    pub stats: Arc<driftguard_seccomp::stats::DecisionStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub async fn start(holder: Option<PathBuf>) -> Result<Running> {
+        let dir = tempfile::Builder::new().prefix("dg-sup-").tempdir()?;
+        let socket = dir.path().join("run/supervisor.sock");
+        let policy = Policy::from_yaml(BLOCK_POLICY, "test-policy")?;
+        let store = PolicyStore::new(policy);
+        let index = IndexCache::new(dir.path().join("index"));
+        let (tx, events) = mpsc::unbounded_channel();
+        let config = SupervisorConfig::new(socket.clone(), holder);
+        let supervisor = Supervisor::new(config, Arc::new(store), Arc::new(index), Arc::new(tx));
+        let stats = supervisor.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = supervisor
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Running {
+            socket,
+            events,
+            stats,
+            stop: Some(stop),
+            _dir: dir,
+        })
+    }
+
+    pub fn drain_events(&mut self) -> Vec<ExecEvent> {
+        let mut out = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            out.push(event);
+        }
+        out
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// stdout + stderr as one string.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs blocking work (runc) off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}

@@ -1,0 +1,100 @@
+/* Test helper run inside the test containers: exec variants the shell cannot express. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int report(const char *what) {
+    printf("%s errno=%d (%s)\n", what, errno, strerror(errno));
+    fflush(stdout);
+    return 126;
+}
+
+static int xexecveat(int dirfd, const char *path, char **argv, int flags) {
+    return syscall(SYS_execveat, dirfd, path, argv, environ, flags);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    const char *mode = argv[1];
+    if (!strcmp(mode, "dirfd") && argc >= 4) { /* xat dirfd DIR NAME [ARGS] */
+        int dir = open(argv[2], O_PATH | O_DIRECTORY);
+        xexecveat(dir, argv[3], argv + 3, 0);
+        return report("execveat-dirfd");
+    }
+    if (!strcmp(mode, "fd") && argc >= 3) { /* xat fd PATH [ARGS]: fexecve */
+        int fd = open(argv[2], O_PATH);
+        xexecveat(fd, "", argv + 2, AT_EMPTY_PATH);
+        return report("execveat-empty-path");
+    }
+    if (!strcmp(mode, "memfd") && argc >= 3) { /* xat memfd SRC [ARGS] */
+        int src = open(argv[2], O_RDONLY), mfd = memfd_create("payload", 0);
+        char buf[65536]; ssize_t n;
+        while ((n = read(src, buf, sizeof buf)) > 0) write(mfd, buf, n);
+        xexecveat(mfd, "", argv + 2, AT_EMPTY_PATH);
+        return report("execveat-memfd");
+    }
+    if (!strcmp(mode, "nonul")) { /* a path filling a page, no NUL, next page unmapped */
+        char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        mprotect(p + 4096, 4096, PROT_NONE);
+        memset(p, 'a', 4096);
+        char *args[] = {"x", NULL};
+        execve(p + 4096 - 100, args, environ);
+        return report("execve-nonul");
+    }
+    if (!strcmp(mode, "long")) { /* a 64 KiB path */
+        size_t len = 64 * 1024;
+        char *p = malloc(len + 1);
+        for (size_t i = 0; i < len; i++) p[i] = (i % 2) ? '/' : 'a';
+        p[len] = 0;
+        char *args[] = {"x", NULL};
+        execve(p, args, environ);
+        return report("execve-long");
+    }
+    if (!strcmp(mode, "race") && argc >= 4) { /* xat race PATH COUNT: killed mid-decision */
+        int count = atoi(argv[3]);
+        for (int i = 0; i < count; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                char *args[] = {argv[2], NULL};
+                execve(argv[2], args, environ);
+                _exit(126);
+            }
+            usleep(i % 7 * 50);
+            kill(child, SIGKILL);
+            waitpid(child, NULL, 0);
+        }
+        printf("race done\n");
+        return 0;
+    }
+    if (!strcmp(mode, "loop") && argc >= 4) { /* xat loop PATH COUNT: fork+exec+wait */
+        int count = atoi(argv[3]), failed = 0;
+        for (int i = 0; i < count; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                char *args[] = {argv[2], NULL};
+                execve(argv[2], args, environ);
+                _exit(100 + errno);
+            }
+            int status;
+            waitpid(child, &status, 0);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                failed++;
+                printf("exec %d failed status=%d\n", i, WEXITSTATUS(status));
+                fflush(stdout);
+            }
+        }
+        printf("loop done failed=%d\n", failed);
+        return failed ? 1 : 0;
+    }
+    return 2;
+}
