@@ -1,6 +1,8 @@
 //! Command-line interface: one module per subcommand family.
 
+pub mod events;
 pub mod index;
+pub mod policy;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,10 @@ pub enum Command {
     Index(index::IndexArgs),
     /// Print what the image index says about one path.
     Check(index::CheckArgs),
+    /// Validate, show and change the drift policy file.
+    Policy(policy::PolicyArgs),
+    /// Show recent alerts from the daemon's JSON lines file.
+    Events(events::EventsArgs),
 }
 
 /// Sets up `tracing` on stderr; the filter comes from `RUST_LOG` (default `info`).
@@ -60,5 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Index(args) => index::run_index(args),
         Command::Check(args) => index::run_check(args),
+        Command::Policy(args) => policy::run(args),
+        Command::Events(args) => events::run(args),
     }
 }
