@@ -8,7 +8,8 @@
 //! 2. index: `index_layer(DIR)` (walk, stat, xattrs, parallel hashing) on the rayon pool;
 //! 3. cache: the first `load_or_index` (walk + write the cache file) against loading it back.
 //!
-//! Each figure is the median of ROUNDS (default 5) runs. The machine's load average is
+//! Each figure is the median of ROUNDS (default 5) runs; baseline and index runs alternate
+//! and a ratio is the median of the per-round ratios. The machine's load average is
 //! printed before and after, since other work on the machine skews every figure.
 
 use std::path::{Path, PathBuf};
@@ -40,15 +41,28 @@ fn main() -> anyhow::Result<()> {
     );
     baseline(&files)?; // warms the page cache
 
-    let base = median(rounds, || baseline(&files))?;
-    let index = median(rounds, || timed(|| Ok(index_layer(&dir).map(drop)?)))?;
+    // Rounds interleave the three measurements so that load from other work on the machine
+    // hits them alike; each ratio is the median of the per-round ratios.
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let index_1t = median(rounds, || {
-        one_thread.install(|| timed(|| Ok(index_layer(&dir).map(drop)?)))
-    })?;
-    report("blake3 one thread (baseline)", base, bytes, base);
-    report("index_layer, rayon pool", index, bytes, base);
-    report("index_layer, one thread", index_1t, bytes, base);
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let base = baseline(&files)?;
+        let pool = timed(|| Ok(index_layer(&dir).map(drop)?))?;
+        let single = one_thread.install(|| timed(|| Ok(index_layer(&dir).map(drop)?)))?;
+        samples.push([base, pool, single]);
+    }
+    let names = [
+        "blake3 one thread (baseline)",
+        "index_layer, rayon pool",
+        "index_layer, one thread",
+    ];
+    for (column, name) in names.iter().enumerate() {
+        let took = median_of(samples.iter().map(|s| s[column]).collect());
+        let ratios = samples
+            .iter()
+            .map(|s| s[0].as_secs_f64() / s[column].as_secs_f64());
+        report(name, took, bytes, median_f64(ratios.collect()));
+    }
 
     let (first, cached) = cache_costs(&dir, rounds)?;
     println!(
@@ -117,16 +131,26 @@ fn median(
     rounds: usize,
     mut run: impl FnMut() -> anyhow::Result<Duration>,
 ) -> anyhow::Result<Duration> {
-    let mut times = (0..rounds.max(1))
+    let times = (0..rounds.max(1))
         .map(|_| run())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    times.sort();
-    Ok(times[times.len() / 2])
+    Ok(median_of(times))
 }
 
-fn report(what: &str, took: Duration, bytes: u64, base: Duration) {
+fn median_of(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Prints a median time, its throughput, and the median per-round throughput ratio to the
+/// baseline.
+fn report(what: &str, took: Duration, bytes: u64, ratio: f64) {
     let throughput = mb(bytes) / took.as_secs_f64();
-    let ratio = base.as_secs_f64() / took.as_secs_f64();
     println!(
         "{what:<30} {:>9.1} ms {throughput:>8.1} MB/s  ratio {ratio:.2}",
         ms(took)

@@ -15,8 +15,9 @@
 //! `hash: None` and the reason, a directory that cannot be listed or an attribute that cannot
 //! be read is listed in [`LayerIndex::problems`].
 //!
-//! Contents are hashed in parallel on the current rayon pool; hard-linked paths (same device
-//! and inode) are hashed once and each path gets the same entry.
+//! The directory walk itself is sequential; `lstat`, open and hashing of regular files run in
+//! parallel on the current rayon pool. Hard-linked paths (same device and inode) are hashed
+//! once and each path gets the same entry.
 //!
 //! Limits: overlayfs `redirect_dir` and `metacopy` xattrs are not interpreted (containerd does
 //! not use them for image layers); other aufs `.wh..wh.*` metadata names are reported as
@@ -25,9 +26,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -129,12 +132,17 @@ impl LayerIndex {
     }
 }
 
-/// A regular file waiting for its content hash.
+/// A regular file waiting for its metadata and content hash.
 struct PendingFile {
     path: PathBuf,
     host_path: PathBuf,
-    meta: Metadata,
 }
+
+/// A hash result shared by every path of one inode.
+type Facts = Result<ContentFacts, String>;
+
+/// One slot per hard-linked inode, so that its content is hashed once.
+type InodeSlots = Mutex<HashMap<(u64, u64), Arc<OnceLock<Facts>>>>;
 
 /// Walks `dir` and hashes every regular file below it (on the current rayon pool).
 pub fn index_layer(dir: &Path) -> Result<LayerIndex, IndexError> {
@@ -146,17 +154,18 @@ pub fn index_layer(dir: &Path) -> Result<LayerIndex, IndexError> {
     }
     let mut walk = Walk::default();
     walk.scan(dir);
-    let hashed = hash_pending(&walk.pending);
-    for (pending, result) in walk.pending.iter().zip(hashed) {
-        let entry = file_entry(&pending.meta, result);
-        walk.stats.files += 1;
-        if entry.hash.is_none() {
-            walk.stats.unreadable += 1;
+    let slots = InodeSlots::default();
+    let pending = std::mem::take(&mut walk.pending);
+    let examined: Vec<io::Result<(Metadata, Facts, bool)>> = pending
+        .par_iter()
+        .map(|file| examine(file, &slots))
+        .collect();
+    for (file, result) in pending.into_iter().zip(examined) {
+        match result {
+            Ok((meta, facts, first)) => walk.add_file(file.path, &meta, facts, first),
+            Err(err) => walk.problem(file.path, format!("cannot stat: {err}")),
         }
-        walk.nodes
-            .insert(pending.path.clone(), LayerNode::Present(Entry::File(entry)));
     }
-    walk.stats.bytes_hashed = bytes_hashed(&walk.pending);
     let records = walk
         .nodes
         .into_iter()
@@ -185,11 +194,7 @@ impl Walk {
             match item {
                 Ok(de) => {
                     let rel = de.path().strip_prefix(root).unwrap_or(de.path());
-                    let path = Path::new("/").join(rel);
-                    match de.metadata() {
-                        Ok(meta) => self.record(de.path(), path, meta),
-                        Err(err) => self.problem(path, err.to_string()),
-                    }
+                    self.record(&de, Path::new("/").join(rel));
                 }
                 Err(err) => {
                     let host = err.path().unwrap_or(root);
@@ -205,8 +210,9 @@ impl Walk {
         self.problems.push(WalkProblem { path, message });
     }
 
-    /// Classifies one entry found by the walk.
-    fn record(&mut self, host_path: &Path, path: PathBuf, meta: Metadata) {
+    /// Classifies one entry found by the walk. Regular files are only queued: their `lstat`,
+    /// like their hashing, runs in parallel later.
+    fn record(&mut self, de: &walkdir::DirEntry, path: PathBuf) {
         let name = path.file_name().map(OsStr::as_bytes).unwrap_or_default();
         if name == WH_OPAQUE {
             self.mark_opaque(parent_of(&path));
@@ -221,15 +227,21 @@ impl Walk {
             self.whiteout(target);
             return;
         }
-        let file_type = meta.file_type();
-        if file_type.is_char_device() && meta.rdev() == 0 {
-            self.whiteout(path);
-        } else if file_type.is_file() {
+        let host_path = de.path();
+        if de.file_type().is_file() {
             self.pending.push(PendingFile {
                 path,
                 host_path: host_path.to_path_buf(),
-                meta,
             });
+            return;
+        }
+        let meta = match de.metadata() {
+            Ok(meta) => meta,
+            Err(err) => return self.problem(path, err.to_string()),
+        };
+        let file_type = meta.file_type();
+        if file_type.is_char_device() && meta.rdev() == 0 {
+            self.whiteout(path);
         } else if file_type.is_dir() {
             self.stats.dirs += 1;
             let opaque = self.has_opaque_xattr(host_path, &path);
@@ -246,6 +258,20 @@ impl Walk {
                 }),
             );
         }
+    }
+
+    /// Records a regular file once its metadata and hash are known.
+    fn add_file(&mut self, path: PathBuf, meta: &Metadata, facts: Facts, first_of_inode: bool) {
+        if first_of_inode {
+            self.stats.bytes_hashed += meta.len();
+        }
+        let entry = file_entry(meta, facts);
+        self.stats.files += 1;
+        if entry.hash.is_none() {
+            self.stats.unreadable += 1;
+        }
+        self.nodes
+            .insert(path, LayerNode::Present(Entry::File(entry)));
     }
 
     fn symlink(&mut self, host_path: &Path, path: PathBuf) {
@@ -333,43 +359,28 @@ fn special_kind(meta: &Metadata) -> SpecialKind {
     }
 }
 
-/// Hashes every pending file in parallel, each inode once.
-fn hash_pending(pending: &[PendingFile]) -> Vec<Result<ContentFacts, String>> {
-    let mut first_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut source: Vec<usize> = Vec::with_capacity(pending.len());
-    for (i, file) in pending.iter().enumerate() {
-        let first = if file.meta.nlink() > 1 {
-            *first_of_inode
-                .entry((file.meta.dev(), file.meta.ino()))
-                .or_insert(i)
-        } else {
-            i
-        };
-        source.push(first);
+/// Stats and hashes one file; the first path of a hard-linked inode hashes it, the others
+/// wait for and share that result. Returns whether this path was the one that hashed.
+fn examine(file: &PendingFile, slots: &InodeSlots) -> io::Result<(Metadata, Facts, bool)> {
+    let meta = std::fs::symlink_metadata(&file.host_path)?;
+    if meta.nlink() <= 1 {
+        let facts = hash_one(&file.host_path, meta.len());
+        return Ok((meta, facts, true));
     }
-    let hashed: Vec<Option<Result<ContentFacts, String>>> = pending
-        .par_iter()
-        .enumerate()
-        .map(|(i, file)| (source[i] == i).then(|| hash_one(&file.host_path, file.meta.len())))
-        .collect();
-    // The first path of every inode was hashed above, so each lookup finds a result.
-    source
-        .iter()
-        .map(|&first| {
-            hashed[first]
-                .clone()
-                .unwrap_or_else(|| Err("hard link not hashed".into()))
+    let slot = {
+        let mut slots = slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(slots.entry((meta.dev(), meta.ino())).or_default())
+    };
+    let mut first = false;
+    let facts = slot
+        .get_or_init(|| {
+            first = true;
+            hash_one(&file.host_path, meta.len())
         })
-        .collect()
-}
-
-fn bytes_hashed(pending: &[PendingFile]) -> u64 {
-    let mut seen = std::collections::HashSet::new();
-    pending
-        .iter()
-        .filter(|f| f.meta.nlink() <= 1 || seen.insert((f.meta.dev(), f.meta.ino())))
-        .map(|f| f.meta.len())
-        .sum()
+        .clone();
+    Ok((meta, facts, first))
 }
 
 /// Opens a layer file without following a symlink swapped in, and hashes it.
