@@ -228,8 +228,13 @@ impl Plugin {
             _ = self.cancel.cancelled() => { mux.close(); Ok(()) }
             end = mux.closed() => end.map_err(PluginError::Trunk),
             served = server => match served {
-                Ok(Err(err)) => Err(PluginError::Serve(err)),
-                _ => Err(PluginError::Trunk(MuxError::Closed)),
+                Ok(Err(err)) => {
+                    // Malformed ttrpc from the runtime: drop the whole connection.
+                    mux.close();
+                    Err(PluginError::Serve(err))
+                }
+                // The service ended with the trunk; report the trunk's reason.
+                _ => Err(PluginError::Trunk(mux.closed().await.err().unwrap_or(MuxError::Closed))),
             },
         }
     }

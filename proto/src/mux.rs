@@ -131,10 +131,14 @@ impl Mux {
 
     /// Waits until the trunk ends and returns why. `Ok` means closed locally.
     pub async fn closed(&mut self) -> Result<(), MuxError> {
-        match self.reader.take() {
-            Some(handle) => handle.await.unwrap_or(Err(MuxError::Closed)),
-            None => Err(MuxError::Closed),
-        }
+        // Await through a reference so that a caller dropping this future (e.g. a lost
+        // `select!` branch) can still ask again later.
+        let Some(handle) = self.reader.as_mut() else {
+            return Err(MuxError::Closed);
+        };
+        let result = handle.await.unwrap_or(Err(MuxError::Closed));
+        self.reader = None;
+        result
     }
 }
 
