@@ -160,15 +160,27 @@ fn first_match_wins_and_all_conditions_must_hold() {
                     (Field::ContainerName, Operator::Equals, "nginx"),
                 ],
             ),
-            rule("shop", Action::Alert, &[(Field::Namespace, Operator::Equals, "shop")]),
-            rule("shop-other", Action::Ignore, &[(Field::Namespace, Operator::Equals, "shop")]),
+            rule(
+                "shop",
+                Action::Alert,
+                &[(Field::Namespace, Operator::Equals, "shop")],
+            ),
+            rule(
+                "shop-other",
+                Action::Ignore,
+                &[(Field::Namespace, Operator::Equals, "shop")],
+            ),
         ],
         Action::Ignore,
     );
     let mut s = scope();
     assert_eq!(p.evaluate(&s).name, "shop-nginx");
     s.container_name = "php".into();
-    assert_eq!(p.evaluate(&s).name, "shop", "first of two matching rules wins");
+    assert_eq!(
+        p.evaluate(&s).name,
+        "shop",
+        "first of two matching rules wins"
+    );
     s.namespace = "blog".into();
     assert_eq!(p.evaluate(&s).name, "default");
 }
@@ -177,7 +189,11 @@ fn first_match_wins_and_all_conditions_must_hold() {
 fn default_rule_applies_when_nothing_matches_and_its_action_counts() {
     for action in [Action::Alert, Action::Block, Action::Ignore] {
         let p = policy_with(
-            vec![rule("other", Action::Block, &[(Field::Namespace, Operator::Equals, "x")])],
+            vec![rule(
+                "other",
+                Action::Block,
+                &[(Field::Namespace, Operator::Equals, "x")],
+            )],
             action,
         );
         let d = p.decide(&scope(), &facts(VerdictClass::NewFile, "/tmp/x", None));
@@ -222,7 +238,11 @@ fn facts(class: VerdictClass, path: &str, hash: Option<[u8; 32]>) -> ExecFacts<'
 #[test]
 fn allow_list_in_a_blocking_rule() {
     let pinned = [7u8; 32];
-    let mut r = rule("shop", Action::Block, &[(Field::Namespace, Operator::Equals, "shop")]);
+    let mut r = rule(
+        "shop",
+        Action::Block,
+        &[(Field::Namespace, Operator::Equals, "shop")],
+    );
     r.allow = vec![
         AllowEntry::new("/opt/agent/bin/*", None).expect("valid"),
         AllowEntry::new("/usr/local/bin/migrate", Some(&hex(pinned))).expect("valid"),
@@ -234,14 +254,23 @@ fn allow_list_in_a_blocking_rule() {
         ("/opt/agent/bin/collector", None, Outcome::Allow, true),
         ("/opt/agent/bin/sub/collector", None, Outcome::Deny, false),
         ("/usr/local/bin/migrate", Some(pinned), Outcome::Allow, true),
-        ("/usr/local/bin/migrate", Some([8u8; 32]), Outcome::Deny, false),
+        (
+            "/usr/local/bin/migrate",
+            Some([8u8; 32]),
+            Outcome::Deny,
+            false,
+        ),
         ("/usr/local/bin/migrate", None, Outcome::Deny, false),
         ("/srv/a/b/hook", None, Outcome::Allow, true),
         ("/tmp/payload", None, Outcome::Deny, false),
     ];
     for &(path, hash, outcome, listed) in cases {
         let d = p.decide(&s, &facts(VerdictClass::NewFile, path, hash));
-        assert_eq!((d.outcome, d.allow_listed), (outcome, listed), "{path} {hash:?}");
+        assert_eq!(
+            (d.outcome, d.allow_listed),
+            (outcome, listed),
+            "{path} {hash:?}"
+        );
     }
 }
 
@@ -249,7 +278,12 @@ fn hex(h: [u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn with_options(action: Action, mode: Treatment, relocated: Treatment, volume: Treatment) -> Policy {
+fn with_options(
+    action: Action,
+    mode: Treatment,
+    relocated: Treatment,
+    volume: Treatment,
+) -> Policy {
     let mut p = policy_with(vec![rule("r", action, &[])], Action::Ignore);
     let mut o = p.options();
     o.mode_drift = mode;
@@ -330,7 +364,11 @@ fn options_decide_mode_drift_relocated_binaries_and_volume_files() {
             ];
             for (class, vol) in cases {
                 let d = outcome(&p, class, vol);
-                assert_eq!(d.outcome, expected(t, action), "{class} vol={vol} {t} {action:?}");
+                assert_eq!(
+                    d.outcome,
+                    expected(t, action),
+                    "{class} vol={vol} {t} {action:?}"
+                );
             }
         }
     }
@@ -344,9 +382,18 @@ fn option_defaults_alert_alert_drift() {
     assert_eq!(o.volume_files, Treatment::Drift);
     assert_eq!(o.failure_policy, driftguard_policy::FailurePolicy::Closed);
     let p = policy_with(vec![rule("r", Action::Block, &[])], Action::Ignore);
-    assert_eq!(outcome(&p, VerdictClass::ModeDrift, false).outcome, Outcome::Alert);
-    assert_eq!(outcome(&p, VerdictClass::RelocatedImageBinary, false).outcome, Outcome::Alert);
-    assert_eq!(outcome(&p, VerdictClass::NewFile, true).outcome, Outcome::Deny);
+    assert_eq!(
+        outcome(&p, VerdictClass::ModeDrift, false).outcome,
+        Outcome::Alert
+    );
+    assert_eq!(
+        outcome(&p, VerdictClass::RelocatedImageBinary, false).outcome,
+        Outcome::Alert
+    );
+    assert_eq!(
+        outcome(&p, VerdictClass::NewFile, true).outcome,
+        Outcome::Deny
+    );
 }
 
 #[test]
@@ -358,7 +405,10 @@ fn drift_classes_follow_the_rule_action_off_volumes() {
         VerdictClass::Fileless,
         VerdictClass::LoaderTrick,
     ];
-    for (action, want) in [(Action::Block, Outcome::Deny), (Action::Alert, Outcome::Alert)] {
+    for (action, want) in [
+        (Action::Block, Outcome::Deny),
+        (Action::Alert, Outcome::Alert),
+    ] {
         // Options set to allow must not leak into the plain drift classes.
         let p = with_options(action, Allow, Allow, Allow);
         for class in drift {
@@ -374,7 +424,12 @@ fn drift_classes_follow_the_rule_action_off_volumes() {
 
 #[test]
 fn allow_list_beats_option_treatments() {
-    let mut p = with_options(Action::Block, Treatment::Block, Treatment::Block, Treatment::Block);
+    let mut p = with_options(
+        Action::Block,
+        Treatment::Block,
+        Treatment::Block,
+        Treatment::Block,
+    );
     let edit = driftguard_policy::RuleEdit {
         add_allow: vec![AllowEntry::new("/x", None).expect("valid")],
         ..Default::default()
@@ -398,7 +453,11 @@ fn explain_reports_each_condition() {
                     (Field::PodLabels, Operator::Equals, "app=api"),
                 ],
             ),
-            rule("b", Action::Alert, &[(Field::ImageName, Operator::Contains, "nginx")]),
+            rule(
+                "b",
+                Action::Alert,
+                &[(Field::ImageName, Operator::Contains, "nginx")],
+            ),
             rule("c", Action::Ignore, &[]),
         ],
         Action::Ignore,

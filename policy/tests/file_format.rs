@@ -11,7 +11,10 @@ fn err(body: &str) -> (String, u32, u32) {
     let (line, col) = e.location().expect("error has a location");
     let msg = e.to_string();
     assert!(!msg.contains('\n'), "error is one line: {msg}");
-    assert!(msg.starts_with(&format!("bad.yaml:{line}:{col}: ")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("bad.yaml:{line}:{col}: ")),
+        "{msg}"
+    );
     assert!(msg.contains("(hint: "), "error carries a hint: {msg}");
     (msg, line, col)
 }
@@ -26,7 +29,10 @@ fn syntax_error_is_located() {
 fn unknown_field_is_located_and_lists_the_known_ones() {
     let (msg, line, col) = err("  defaultRule:\n    action: ignore\n  rulez: []\n");
     assert_eq!((line, col), (6, 3), "{msg}");
-    assert!(msg.contains("unknown field `rulez`") && msg.contains("rules"), "{msg}");
+    assert!(
+        msg.contains("unknown field `rulez`") && msg.contains("rules"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -41,7 +47,10 @@ fn unknown_operator_points_at_the_operator() {
     let body = "  rules:\n    - name: a\n      action: block\n      scope:\n        - field: namespace\n          operator: is\n          value: x\n  defaultRule:\n    action: ignore\n";
     let (msg, line, col) = err(body);
     assert_eq!((line, col), (9, 21), "{msg}");
-    assert!(msg.contains("unknown operator `is`") && msg.contains("startsWith"), "{msg}");
+    assert!(
+        msg.contains("unknown operator `is`") && msg.contains("startsWith"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -66,7 +75,8 @@ fn duplicate_rule_names_point_at_the_second() {
 
 #[test]
 fn rule_named_like_the_default_rule_is_a_duplicate() {
-    let body = "  rules:\n    - name: default\n      action: block\n  defaultRule:\n    action: ignore\n";
+    let body =
+        "  rules:\n    - name: default\n      action: block\n  defaultRule:\n    action: ignore\n";
     let (msg, _, _) = err(body);
     assert!(msg.contains("duplicate rule name `default`"), "{msg}");
 }
@@ -88,13 +98,16 @@ fn empty_values_are_refused() {
     assert_eq!(line, 10, "{msg}");
     let (msg, line, _) = err(&cond(""));
     assert_eq!(line, 10, "{msg}");
-    let (msg, _, _) = err("  rules:\n    - name: \"\"\n      action: block\n  defaultRule:\n    action: ignore\n");
+    let (msg, _, _) = err(
+        "  rules:\n    - name: \"\"\n      action: block\n  defaultRule:\n    action: ignore\n",
+    );
     assert!(msg.contains("invalid rule name"), "{msg}");
 }
 
 #[test]
 fn bad_allow_entries_and_options() {
-    let (msg, line, _) = err("  defaultRule:\n    action: ignore\n    allow:\n      - path: bin/sh\n");
+    let (msg, line, _) =
+        err("  defaultRule:\n    action: ignore\n    allow:\n      - path: bin/sh\n");
     assert_eq!(line, 7, "{msg}");
     let (msg, line, _) =
         err("  defaultRule:\n    action: ignore\n    allow:\n      - path: /bin/sh\n        hash: abc\n");
@@ -109,7 +122,11 @@ fn bad_allow_entries_and_options() {
 fn wrong_kind_and_missing_default_rule() {
     let text = "apiVersion: v1\nkind: ConfigMap\nspec:\n  defaultRule:\n    action: ignore\n";
     let e = Policy::from_yaml(text, "cm.yaml").expect_err("wrong apiVersion");
-    assert!(e.to_string().starts_with("cm.yaml:1:13: unsupported apiVersion"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("cm.yaml:1:13: unsupported apiVersion"),
+        "{e}"
+    );
     let (msg, _, _) = err("  rules: []\n");
     assert!(msg.contains("missing field `defaultRule`"), "{msg}");
 }
@@ -120,15 +137,22 @@ fn load_names_the_file_in_errors() {
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, format!("{HEAD}  bogus: 1\n")).expect("write");
     let e = Policy::load(&path).expect_err("invalid");
-    assert!(e.to_string().starts_with(&format!("{}:4:3: ", path.display())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:4:3: ", path.display())),
+        "{e}"
+    );
     let e = Policy::load(&dir.path().join("absent.yaml")).expect_err("absent");
     assert!(matches!(e, PolicyError::Read { .. }), "{e}");
 }
 
 #[test]
 fn minimal_document_gets_default_options() {
-    let p = Policy::from_yaml(&format!("{HEAD}  defaultRule:\n    action: block\n"), "m.yaml")
-        .expect("valid");
+    let p = Policy::from_yaml(
+        &format!("{HEAD}  defaultRule:\n    action: block\n"),
+        "m.yaml",
+    )
+    .expect("valid");
     assert_eq!(p.rules().len(), 0);
     assert_eq!(p.default_rule().name, "default");
     assert_eq!(p.default_rule().action, Action::Block);
@@ -142,11 +166,16 @@ fn rendering_round_trips() {
     let again = Policy::from_yaml(&p.to_yaml(), "rendered").expect("rendered parses");
     assert_eq!(again, p);
     let d = Policy::default_policy();
-    assert_eq!(Policy::from_yaml(&d.to_yaml(), "rendered").expect("valid"), d);
+    assert_eq!(
+        Policy::from_yaml(&d.to_yaml(), "rendered").expect("valid"),
+        d
+    );
 }
 
 fn example(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/policy").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/policy")
+        .join(name)
 }
 
 #[test]
