@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand family.
 
 pub mod events;
+pub mod fdholder;
 pub mod index;
 pub mod policy;
 
@@ -42,6 +43,11 @@ pub enum Command {
     Policy(policy::PolicyArgs),
     /// Show recent alerts from the daemon's JSON lines file.
     Events(events::EventsArgs),
+    /// Keep duplicates of the supervisor's seccomp notify fds across its restarts.
+    FdHolder(fdholder::FdHolderArgs),
+    /// Run the exec supervisor alone (tests and benchmarks).
+    #[command(hide = true)]
+    Supervise(fdholder::SuperviseArgs),
 }
 
 /// Sets up `tracing` on stderr; the filter comes from `RUST_LOG` (default `info`).
@@ -68,5 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => index::run_check(args),
         Command::Policy(args) => policy::run(args),
         Command::Events(args) => events::run(args),
+        Command::FdHolder(args) => fdholder::run_fd_holder(args),
+        Command::Supervise(args) => fdholder::run_supervise(args),
     }
 }
