@@ -90,18 +90,7 @@ pub fn run_index(args: IndexArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `driftguard check`; exits 0 when the path is present, 1 when deleted or absent.
 pub fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let mut layers = args.layers;
-    let path = match args.path {
-        Some(path) => path,
-        None if layers.len() >= 2 => layers.pop().context("no path given")?,
-        None => bail!("give the path to check after the layer directories, e.g. /bin/sh"),
-    };
-    if !path.is_absolute() {
-        bail!(
-            "path to check {} must be absolute inside the image",
-            path.display()
-        );
-    }
+    let (layers, path) = split_path(args.layers, args.path)?;
     let (view, _, _) = build_view(&layers, args.cache_dir.as_deref())?;
     let status = view.status(&path);
     let report = check_report(&view, &path, status);
@@ -115,6 +104,26 @@ pub fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         PathStatus::Present(_) => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// The layer directories and the path to check; the path is the last `--layers` value when
+/// it was not given on its own.
+fn split_path(
+    mut layers: Vec<PathBuf>,
+    path: Option<PathBuf>,
+) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
+    let path = match path {
+        Some(path) => path,
+        None if layers.len() >= 2 => layers.pop().context("no path given")?,
+        None => bail!("give the path to check after the layer directories, e.g. /bin/sh"),
+    };
+    if !path.is_absolute() {
+        bail!(
+            "path to check {} must be absolute inside the image",
+            path.display()
+        );
+    }
+    Ok((layers, path))
 }
 
 fn lossy(path: &Path) -> String {
@@ -309,5 +318,86 @@ fn plain(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A scratch directory removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn layers(name: &str) -> Scratch {
+        let root = std::env::temp_dir().join(format!("dg-cli-{name}-{}", std::process::id()));
+        let (top, bottom) = (root.join("top"), root.join("bottom"));
+        std::fs::create_dir_all(bottom.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(&top).expect("mkdir");
+        std::fs::write(bottom.join("bin/tool"), b"\x7fELF tool").expect("write");
+        symlink("tool", bottom.join("bin/alias")).expect("symlink");
+        std::fs::write(bottom.join("etc-gone"), b"x").expect("write");
+        std::fs::write(top.join(".wh.etc-gone"), b"").expect("write");
+        std::fs::write(top.join("copy"), b"\x7fELF tool").expect("write");
+        Scratch(root)
+    }
+
+    #[test]
+    fn path_is_taken_from_the_layer_list_when_not_separate() {
+        let given = vec!["a".into(), "b".into(), "/bin/sh".into()];
+        let (layers, path) = split_path(given, None).expect("split");
+        assert_eq!(layers, vec![PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(path, PathBuf::from("/bin/sh"));
+        assert!(split_path(vec!["a".into()], None).is_err());
+        let err = split_path(vec!["a".into()], Some("bin/sh".into())).expect_err("relative");
+        assert!(err.to_string().contains("bin/sh"), "{err}");
+    }
+
+    #[test]
+    fn check_report_follows_symlinks_and_lists_same_content() {
+        let scratch = layers("check");
+        let dirs = vec![scratch.0.join("top"), scratch.0.join("bottom")];
+        let (view, _, _) = build_view(&dirs, None).expect("view");
+
+        let alias = Path::new("/bin/alias");
+        let report = check_report(&view, alias, view.status(alias));
+        assert_eq!(report["status"], "present");
+        assert_eq!(report["type"], "symlink");
+        assert_eq!(report["resolves_to"], "/bin/tool");
+        assert_eq!(report["file"]["looks_executable"], true);
+        assert_eq!(report["same_content"], json!(["/copy"]));
+
+        let gone = Path::new("/etc-gone");
+        let report = check_report(&view, gone, view.status(gone));
+        assert_eq!(report["status"], "deleted");
+        assert_eq!(report["deleted_by_layer"], 0);
+        let absent = Path::new("/nope");
+        assert_eq!(
+            check_report(&view, absent, view.status(absent))["status"],
+            "absent"
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_the_hash_in_hex() {
+        let scratch = layers("json");
+        let (view, _, _) = build_view(&[scratch.0.join("bottom")], None).expect("view");
+        let (path, entry) = view
+            .iter()
+            .find(|(p, _)| *p == Path::new("/bin/tool"))
+            .expect("tool");
+        let line = entry_json(path, entry);
+        let file = std::fs::File::open(scratch.0.join("bottom/bin/tool")).expect("open");
+        let hash = driftguard_image_index::hash_file(&file).expect("hash");
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(line["blake3"], hex);
+        assert_eq!(line["mode"].as_str().map(str::len), Some(4));
+        assert_eq!(line["type"], "file");
     }
 }
