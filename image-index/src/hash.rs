@@ -60,6 +60,10 @@ pub struct ContentFacts {
 }
 
 /// Hashes a file of a read-only image layer; `size` is its size from `stat`.
+///
+/// Only for files of committed image layers: large files are memory mapped (see the module
+/// limits). Use [`hash_file`] for anything a container can write to.
+#[allow(unsafe_code)]
 pub fn hash_layer_file(file: &File, size: u64) -> io::Result<ContentFacts> {
     if size < MMAP_THRESHOLD {
         return hash_small(file, size);

@@ -13,6 +13,8 @@
 //! Limits: see each module; in short, layer files are assumed immutable while hashed, and
 //! overlayfs `redirect_dir`/`metacopy` layers are not supported.
 
+#![deny(unsafe_code)]
+
 pub mod cache;
 pub mod entry;
 pub mod error;
