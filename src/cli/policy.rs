@@ -305,7 +305,10 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 
 fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
     if path.exists() && !force {
-        bail!("{}: already exists (hint: pass --force to overwrite it)", path.display());
+        bail!(
+            "{}: already exists (hint: pass --force to overwrite it)",
+            path.display()
+        );
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: create", dir.display()))?;
@@ -321,10 +324,16 @@ fn save(path: &Path, policy: &Policy) -> anyhow::Result<()> {
     let back = Policy::from_yaml(&text, &path.display().to_string())
         .context("rendered policy does not parse back; file left unchanged")?;
     if &back != policy {
-        bail!("{}: rendered policy differs from the edited one; file left unchanged", path.display());
+        bail!(
+            "{}: rendered policy differs from the edited one; file left unchanged",
+            path.display()
+        );
     }
     write_atomic(path, text.as_bytes()).with_context(|| {
-        format!("{}: cannot write policy; file left unchanged", path.display())
+        format!(
+            "{}: cannot write policy; file left unchanged",
+            path.display()
+        )
     })
 }
 
@@ -336,14 +345,19 @@ fn change(
     let mut policy = load(path)?;
     let message = f(&mut policy)?;
     save(path, &policy)?;
-    println!("{message} (previous version kept as {})", backup_path(path).display());
+    println!(
+        "{message} (previous version kept as {})",
+        backup_path(path).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn parse_condition(text: &str) -> anyhow::Result<Condition> {
     let mut parts = text.trim().splitn(3, char::is_whitespace);
     let (Some(field), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
-        bail!("condition `{text}` is not FIELD OPERATOR VALUE (hint: e.g. \"namespace equals shop\")");
+        bail!(
+            "condition `{text}` is not FIELD OPERATOR VALUE (hint: e.g. \"namespace equals shop\")"
+        );
     };
     let field = Field::parse(field)?;
     let op = Operator::parse(op)?;
@@ -366,8 +380,16 @@ fn add(
 ) -> anyhow::Result<ExitCode> {
     let mut rule = Rule::new(name, action);
     rule.description = fields.description.unwrap_or_default();
-    rule.conditions = fields.when.iter().map(|c| parse_condition(c)).collect::<Result<_, _>>()?;
-    rule.allow = fields.allow.iter().map(|a| parse_allow(a)).collect::<Result<_, _>>()?;
+    rule.conditions = fields
+        .when
+        .iter()
+        .map(|c| parse_condition(c))
+        .collect::<Result<_, _>>()?;
+    rule.allow = fields
+        .allow
+        .iter()
+        .map(|a| parse_allow(a))
+        .collect::<Result<_, _>>()?;
     change(path, |p| {
         p.add_rule(rule, position)?;
         let pos = p.position(name).unwrap_or_default();
@@ -381,14 +403,24 @@ fn edit(args: EditArgs) -> anyhow::Result<ExitCode> {
         description: args.fields.description,
         action: args.action.map(Action::from),
         clear_scope: args.clear_scope,
-        add_conditions: args.fields.when.iter().map(|c| parse_condition(c)).collect::<Result<_, _>>()?,
+        add_conditions: args
+            .fields
+            .when
+            .iter()
+            .map(|c| parse_condition(c))
+            .collect::<Result<_, _>>()?,
         remove_conditions: args
             .unwhen
             .iter()
             .map(|c| parse_condition(c).map(|c| c.to_string()))
             .collect::<Result<_, _>>()?,
         clear_allow: args.clear_allow,
-        add_allow: args.fields.allow.iter().map(|a| parse_allow(a)).collect::<Result<_, _>>()?,
+        add_allow: args
+            .fields
+            .allow
+            .iter()
+            .map(|a| parse_allow(a))
+            .collect::<Result<_, _>>()?,
         remove_allow: args.disallow,
     };
     let name = args.name;
@@ -442,14 +474,22 @@ fn scope_text(rule: &Rule, is_default: bool) -> String {
     if rule.conditions.is_empty() {
         return "(every container)".into();
     }
-    rule.conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+    rule.conditions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 fn allow_text(rule: &Rule) -> String {
     if rule.allow.is_empty() {
         return "-".into();
     }
-    rule.allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    rule.allow
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn list(policy: &Policy) -> anyhow::Result<ExitCode> {
@@ -459,8 +499,18 @@ fn list(policy: &Policy) -> anyhow::Result<ExitCode> {
         .enumerate()
         .map(|(i, r)| {
             let is_default = i + 1 == count;
-            let prio = if is_default { "default".to_string() } else { (i + 1).to_string() };
-            [prio, r.name.clone(), action_str(r.action).into(), scope_text(r, is_default), allow_text(r)]
+            let prio = if is_default {
+                "default".to_string()
+            } else {
+                (i + 1).to_string()
+            };
+            [
+                prio,
+                r.name.clone(),
+                action_str(r.action).into(),
+                scope_text(r, is_default),
+                allow_text(r),
+            ]
         })
         .collect();
     let header = ["PRIORITY", "NAME", "ACTION", "SCOPE", "ALLOW"].map(String::from);
@@ -471,8 +521,11 @@ fn list(policy: &Policy) -> anyhow::Result<ExitCode> {
         }
     }
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> =
-            row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", cells.join("  ").trim_end());
     }
     let o = policy.options();
@@ -494,7 +547,9 @@ fn show(policy: &Policy, name: &str) -> anyhow::Result<ExitCode> {
         bail!("no rule named `{name}` (hint: `driftguard policy list` shows the rule names)");
     };
     let is_default = policy.default_rule().name == name;
-    let prio = policy.position(name).map_or("default".into(), |p| p.to_string());
+    let prio = policy
+        .position(name)
+        .map_or("default".into(), |p| p.to_string());
     println!("name:        {}", rule.name);
     println!("priority:    {prio}");
     println!("action:      {}", action_str(rule.action));
@@ -503,7 +558,10 @@ fn show(policy: &Policy, name: &str) -> anyhow::Result<ExitCode> {
     for c in &rule.conditions {
         println!("  - {c}");
     }
-    println!("allow:       {}", if rule.allow.is_empty() { "-" } else { "" });
+    println!(
+        "allow:       {}",
+        if rule.allow.is_empty() { "-" } else { "" }
+    );
     for a in &rule.allow {
         match a.hash() {
             Some(h) => println!("  - {} (blake3 {})", a.path(), hex_string(h)),
@@ -542,7 +600,11 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let explanation = policy.explain(&scope);
     for trace in &explanation.rules {
         let verdict = if trace.matched { "MATCH" } else { "no match" };
-        println!("rule `{}` ({}): {verdict}", trace.name, action_str(trace.action));
+        println!(
+            "rule `{}` ({}): {verdict}",
+            trace.name,
+            action_str(trace.action)
+        );
         if trace.conditions.is_empty() {
             let why = if explanation.matched_default && trace.matched {
                 "no rule above matched; the default rule applies"
@@ -557,6 +619,10 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let m = explanation.matched();
-    println!("=> rule `{}` applies: action {}", m.name, action_str(m.action));
+    println!(
+        "=> rule `{}` applies: action {}",
+        m.name,
+        action_str(m.action)
+    );
     Ok(ExitCode::SUCCESS)
 }
