@@ -21,6 +21,7 @@ pub mod handoff;
 pub mod holder;
 pub mod mountinfo;
 pub mod oci;
+pub mod recover;
 pub mod resolve;
 pub mod stats;
 pub mod supervisor;

@@ -215,12 +215,26 @@ impl Shared {
             count = entries.len(),
             "notify fds taken back from the fd holder"
         );
+        let mut init_pids = Vec::new();
         for (raw, fd) in entries {
             match serde_json::from_slice::<ProcessState>(&raw) {
-                Ok(state) => self.clone().serve(state, fd),
+                Ok(state) => {
+                    init_pids.extend(i32::try_from(state.state.pid).ok());
+                    self.clone().serve(state, fd);
+                }
                 Err(err) => warn!(error = %err, "fd holder returned an unreadable state"),
             }
         }
+        // Execs the previous supervisor received but never answered wait forever unless
+        // restarted; the fds are being served now, so the restarted execs will be answered.
+        init_pids.sort_unstable();
+        init_pids.dedup();
+        let _ = tokio::task::spawn_blocking(move || {
+            for pid in init_pids {
+                crate::recover::kick_waiting_execs(pid);
+            }
+        })
+        .await;
     }
 
     fn container(&self, state: &ProcessState) -> Arc<Container> {

@@ -1,0 +1,141 @@
+//! Privileged test: the supervisor is killed with SIGKILL while a container loops on execs of
+//! an image binary, and restarted; the fd holder keeps the notify fd, so no exec fails (none
+//! with ENOSYS) and drift is still denied afterwards.
+//!
+//! The supervisor runs as a separate process: this test binary re-executed with
+//! `DG_CHILD_SUPERVISOR` set runs only [`child_supervisor`], which serves until killed.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use driftguard_image_index::IndexCache;
+use driftguard_policy::{Policy, PolicyStore};
+use driftguard_seccomp::{Supervisor, SupervisorConfig};
+use support::{blocking, text, Bundle};
+
+const CHILD_ENV: &str = "DG_CHILD_SUPERVISOR";
+
+/// Entry of the supervisor child process; does nothing in a normal test run.
+#[test]
+fn child_supervisor() {
+    let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let policy = Policy::from_yaml(support::BLOCK_POLICY, "test-policy").expect("policy");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let config = SupervisorConfig::new(
+            dir.join("run/supervisor.sock"),
+            Some(dir.join("holder/holder.sock")),
+        );
+        let supervisor = Supervisor::new(
+            config,
+            Arc::new(PolicyStore::new(policy)),
+            Arc::new(IndexCache::new(dir.join("index"))),
+            Arc::new(tx),
+        );
+        supervisor
+            .run(std::future::pending())
+            .await
+            .expect("supervisor");
+    });
+}
+
+fn spawn_supervisor(dir: &std::path::Path) -> Child {
+    let me = std::env::current_exe().expect("test binary");
+    let child = Command::new(me)
+        .args([
+            "--exact",
+            "child_supervisor",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn supervisor");
+    let socket = dir.join("run/supervisor.sock");
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+const LOOP_SCRIPT: &str = r#"
+while [ ! -e /restarted ]; do /bin/xat loop /bin/true 100 || echo LOOPFAIL; done
+/bin/xat loop /bin/true 200 || echo LOOPFAIL
+cp /bin/busybox /root/evil; echo x >> /root/evil; chmod 755 /root/evil
+/root/evil true; echo drift-rc=$?
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_loses_no_exec() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let dir = tempfile::Builder::new()
+        .prefix("dg-restart-")
+        .tempdir()
+        .expect("tempdir");
+    let holder_socket = dir.path().join("holder/holder.sock");
+    let hs = holder_socket.clone();
+    std::thread::spawn(move || driftguard_seccomp::holder::run_holder(&hs));
+    for _ in 0..200 {
+        if holder_socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut first = spawn_supervisor(dir.path());
+    let socket = dir.path().join("run/supervisor.sock");
+    let bundle = Bundle::new(&runc, &socket, &["/bin/sh", "-c", LOOP_SCRIPT]).expect("bundle");
+    let marker = bundle.rootfs().join("restarted");
+    let container = tokio::task::spawn_blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    });
+
+    // Let the loop run, kill the supervisor mid-stream, leave execs waiting, restart.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.kill().expect("SIGKILL the supervisor");
+    first.wait().expect("reap");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut second = blocking({
+        let dir = dir.path().to_path_buf();
+        move || spawn_supervisor(&dir)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&marker, b"").expect("marker");
+
+    let out = tokio::time::timeout(Duration::from_secs(60), container)
+        .await
+        .expect("container finished")
+        .expect("join")
+        .expect("runc run");
+    second.kill().expect("kill second supervisor");
+    let _ = second.wait();
+    let output = text(&out);
+    assert!(
+        !output.contains("LOOPFAIL"),
+        "an exec failed across the restart:\n{output}"
+    );
+    assert!(
+        !output.contains("failed status"),
+        "an exec failed across the restart:\n{output}"
+    );
+    assert!(output.contains("loop done failed=0"), "{output}");
+    assert!(
+        output.lines().any(|l| l.trim() == "drift-rc=126"),
+        "drift not denied after restart:\n{output}"
+    );
+}
