@@ -554,13 +554,21 @@ fn show(policy: &Policy, name: &str) -> anyhow::Result<ExitCode> {
     println!("priority:    {prio}");
     println!("action:      {}", action_str(rule.action));
     println!("description: {}", rule.description);
-    println!("scope:       {}", scope_text(rule, is_default));
+    if rule.conditions.is_empty() {
+        println!("scope:       {}", scope_text(rule, is_default));
+    } else {
+        println!("scope:       all of");
+    }
     for c in &rule.conditions {
         println!("  - {c}");
     }
     println!(
         "allow:       {}",
-        if rule.allow.is_empty() { "-" } else { "" }
+        if rule.allow.is_empty() {
+            "-"
+        } else {
+            "these processes"
+        }
     );
     for a in &rule.allow {
         match a.hash() {
