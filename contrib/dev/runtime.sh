@@ -340,8 +340,9 @@ start_containerd() {
         bin=$(ctd_bin)
         # A crash can leave sockets behind; containerd refuses to bind over a live one only.
         rm -f "$SOCK" "$SOCK.ttrpc" "$RUN/debug.sock" "$NRI_SOCK"
+        # The daemon must not inherit the lock (fd 9), or it would hold it for its lifetime.
         PATH="$bin:$PATH" setsid "$bin/containerd" -c "$LAB/etc/config.toml" \
-            >> "$LAB/logs/containerd.log" 2>&1 < /dev/null &
+            >> "$LAB/logs/containerd.log" 2>&1 < /dev/null 9>&- &
         echo $! > "$LAB/containerd.pid"
         log "containerd $DG_CONTAINERD started (pid $!), log $LAB/logs/containerd.log"
     fi
@@ -434,7 +435,7 @@ EOF
 # Every state-changing command holds one lock per instance.
 with_lock() {
     mkdir -p "$DG_DEV_DIR"
-    exec 9> "$DG_DEV_DIR/.lock-$DG_CONTAINERD"
+    exec 9> "$DG_DEV_DIR/instance-$DG_CONTAINERD.lock"
     flock 9
     "$@"
 }

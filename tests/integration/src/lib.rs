@@ -1,2 +1,17 @@
-//! Test kit for driftguard's integration tests: a private containerd + runc runtime driven by
-//! `contrib/dev/runtime.sh`, an OCI image-layout builder for test images, and a CRI client.
+//! Test kit for driftguard's integration tests.
+//!
+//! - [`runtime`]: the private containerd + runc (from `contrib/dev/runtime.sh`), brought up once
+//!   per test process;
+//! - [`cri`]: a blocking CRI client whose pods and containers clean up on drop;
+//! - [`oci`] and [`images`]: OCI image-layout archives built from directories, and the test
+//!   images (pause, busybox, the multi-layer scenario image).
+//!
+//! The `dg-testkit` binary exposes the image builder and CRI housekeeping to shell scripts.
+
+pub mod cri;
+pub mod images;
+pub mod oci;
+pub mod runtime;
+
+pub use cri::{ContainerSpec, Cri, PodSpec};
+pub use runtime::Runtime;
