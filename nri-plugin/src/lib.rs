@@ -22,6 +22,7 @@ pub mod scope;
 pub mod seccomp;
 pub mod service;
 
+pub use driftguard_policy::{Action, Scope};
 pub use hooks::{ContainerInfo, NoHooks, PluginEvent, PluginHooks, PodInfo};
 pub use plugin::{Plugin, PluginConfig, PluginError, DEFAULT_SOCKET};
 pub use policy::{ContainerPolicy, FixedPolicy};
