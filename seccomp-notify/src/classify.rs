@@ -198,15 +198,35 @@ pub fn hash_opened(file: &OwnedFd) -> io::Result<[u8; 32]> {
 }
 
 /// Verdicts of one container, keyed by file identity.
+///
+/// Untouched image files are kept by identity alone: their verdict does not depend on the path
+/// they were reached by, so the hot path needs neither the path nor the layer lookups.
 #[derive(Debug, Default)]
 pub struct VerdictCache {
     entries: Mutex<HashMap<(FileKey, PathBuf), Classified>>,
+    image_files: Mutex<HashMap<FileKey, String>>,
 }
 
 /// Most verdicts kept per container; the cache is cleared when it is full.
 const CACHE_LIMIT: usize = 4096;
 
 impl VerdictCache {
+    /// The path of a known untouched image file (a path it was reached by; hard links share
+    /// one entry).
+    pub fn image_file(&self, key: &FileKey) -> Option<String> {
+        self.image_files.lock().ok()?.get(key).cloned()
+    }
+
+    /// Remembers an untouched image file.
+    pub fn put_image_file(&self, key: FileKey, path: String) {
+        if let Ok(mut files) = self.image_files.lock() {
+            if files.len() >= CACHE_LIMIT {
+                files.clear();
+            }
+            files.insert(key, path);
+        }
+    }
+
     /// A cached verdict for this file version at this path.
     pub fn get(&self, key: &FileKey, path: &Path) -> Option<Classified> {
         let entries = self.entries.lock().ok()?;

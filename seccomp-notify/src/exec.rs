@@ -178,6 +178,17 @@ async fn classify_opened(
     root_dev: u64,
     opened: &Opened,
 ) -> Result<(String, Classified), AssessError> {
+    let key = FileKey::of(&opened.stat);
+    if opened.stat.st_nlink > 0 {
+        if let Some(path) = container.cache.image_file(&key) {
+            let verdict = Classified {
+                class: VerdictClass::ImageFile,
+                hash: None,
+                on_volume: false,
+            };
+            return Ok((path, verdict));
+        }
+    }
     let path = resolve::fd_path(&opened.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
     let shown = path.to_string_lossy().into_owned();
     if opened.stat.st_nlink == 0 || resolve::is_memfd_path(&path) {
@@ -188,7 +199,6 @@ async fn classify_opened(
         };
         return Ok((shown, verdict));
     }
-    let key = FileKey::of(&opened.stat);
     if let Some(hit) = container.cache.get(&key, &path) {
         return Ok((shown, hit));
     }
@@ -208,7 +218,11 @@ async fn classify_opened(
             by_content(container, &opened.file, &path, on_volume).await?
         }
     };
-    container.cache.put(key, path, verdict.clone());
+    if placement == Placement::Lower {
+        container.cache.put_image_file(key, shown.clone());
+    } else {
+        container.cache.put(key, path, verdict.clone());
+    }
     Ok((shown, verdict))
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use driftguard_policy::{FailurePolicy, Outcome};
+use futures::FutureExt;
 use rustix::event::{PollFd, PollFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixListener;
@@ -281,10 +282,7 @@ impl Shared {
             let revents = poll_now(fd.get_ref());
             if revents.contains(PollFlags::IN) {
                 match sys::recv(fd.get_ref().as_fd()) {
-                    Ok(notif) => {
-                        let (shared, container, fd) = (self.clone(), container.clone(), fd.clone());
-                        tokio::spawn(async move { shared.answer(&container, &fd, notif).await });
-                    }
+                    Ok(notif) => self.answer_or_spawn(&container, &fd, notif),
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(err) => return Err(err),
                 }
@@ -298,11 +296,39 @@ impl Shared {
         }
     }
 
-    async fn answer(&self, container: &Arc<Container>, fd: &AsyncFd<OwnedFd>, notif: Notification) {
+    /// Answers inline when the decision needs no waiting (the common, cached case); otherwise
+    /// hands the notification to its own task so that this fd's other execs go on.
+    fn answer_or_spawn(
+        self: &Arc<Self>,
+        container: &Arc<Container>,
+        fd: &Arc<AsyncFd<OwnedFd>>,
+        notif: Notification,
+    ) {
         let started = Instant::now();
         let fd_ref = fd.get_ref().as_fd();
-        let timeout = self.config.decision_timeout;
-        let assessed = tokio::time::timeout(timeout, exec::assess(container, fd_ref, &notif)).await;
+        if let Some(assessed) = exec::assess(container, fd_ref, &notif).now_or_never() {
+            self.finish(container, fd_ref, &notif, Ok(assessed), started);
+            return;
+        }
+        let (shared, container, fd) = (self.clone(), container.clone(), fd.clone());
+        tokio::spawn(async move {
+            let fd_ref = fd.get_ref().as_fd();
+            let timeout = shared.config.decision_timeout;
+            let assessed = tokio::time::timeout(timeout, exec::assess(&container, fd_ref, &notif))
+                .await
+                .map_err(|_| format!("decision timed out after {timeout:?}"));
+            shared.finish(&container, fd_ref, &notif, assessed, started);
+        });
+    }
+
+    fn finish(
+        &self,
+        container: &Arc<Container>,
+        fd_ref: std::os::fd::BorrowedFd<'_>,
+        notif: &Notification,
+        assessed: Result<Result<Assessment, exec::AssessError>, String>,
+        started: Instant,
+    ) {
         let result = match assessed {
             Ok(Ok(Assessment::Gone)) => return,
             Ok(Ok(Assessment::Errno(errno))) => sys::send_errno(fd_ref, notif.id, errno),
@@ -320,22 +346,18 @@ impl Shared {
                 };
                 self.stats.record(started.elapsed());
                 if decision.outcome != Outcome::Allow {
-                    self.emit(container, &notif, &facts, Some(decision), None);
+                    self.emit(container, notif, &facts, Some(decision), None);
                 }
                 sent
             }
-            Ok(Err(err)) => self.fail(container, fd_ref, &notif, err.to_string()),
-            Err(_) => self.fail(
-                container,
-                fd_ref,
-                &notif,
-                format!("decision timed out after {timeout:?}"),
-            ),
+            Ok(Err(err)) => self.fail(container, fd_ref, notif, err.to_string()),
+            Err(reason) => self.fail(container, fd_ref, notif, reason),
         };
         if let Err(err) = result {
             // ENOENT: the caller was interrupted or died; the kernel re-sends if it restarts.
             if err.raw_os_error() != Some(libc::ENOENT) {
-                warn!(container_id = %container.id, pid = notif.pid, error = %err, "answering a notification failed");
+                warn!(container_id = %container.id, pid = notif.pid, error = %err,
+                      "answering a notification failed");
             }
         }
     }

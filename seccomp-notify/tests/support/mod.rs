@@ -91,6 +91,13 @@ pub fn layer() -> Result<&'static Path> {
     if !status.success() {
         bail!("gcc -static failed for {}", src.display());
     }
+    let tiny = dir.join("tiny.c");
+    std::fs::write(&tiny, "int main(void) { return 0; }\n")?;
+    let status = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(dir.join("bin/tiny")).arg(&tiny).status()?;
+    std::fs::remove_file(&tiny)?;
+    if !status.success() {
+        bail!("gcc -static failed for the tiny program");
+    }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     Ok(LAYER.get_or_init(|| dir))
 }
@@ -108,6 +115,15 @@ impl Bundle {
     /// Creates the bundle; `args` is the container's command; the profile is containerd's
     /// RuntimeDefault merged with the notify rules pointing at `socket`.
     pub fn new(runc: &Path, socket: &Path, args: &[&str]) -> Result<Bundle> {
+        Bundle::create(runc, Some(socket), args)
+    }
+
+    /// A bundle without any seccomp filter (the baseline of the benchmark).
+    pub fn unfiltered(runc: &Path, args: &[&str]) -> Result<Bundle> {
+        Bundle::create(runc, None, args)
+    }
+
+    fn create(runc: &Path, socket: Option<&Path>, args: &[&str]) -> Result<Bundle> {
         let dir = tempfile::Builder::new()
             .prefix("dg-bundle-")
             .tempdir()?
@@ -144,7 +160,7 @@ impl Bundle {
         Ok(bundle)
     }
 
-    fn write_config(&mut self, socket: &Path, args: &[&str]) -> Result<()> {
+    fn write_config(&mut self, socket: Option<&Path>, args: &[&str]) -> Result<()> {
         let status = Command::new(&self.runc)
             .arg("spec")
             .current_dir(&self.dir)
@@ -173,11 +189,20 @@ impl Bundle {
             "io.kubernetes.cri.container-name": "app",
             "io.kubernetes.cri.image-name": "localhost/driftguard/busybox:1"
         });
-        let target = ListenerTarget {
-            listener_path: socket.display().to_string(),
-            listener_metadata: self.id.clone(),
-        };
-        merge_into_config(&mut config, &target)?;
+        match socket {
+            Some(socket) => {
+                let target = ListenerTarget {
+                    listener_path: socket.display().to_string(),
+                    listener_metadata: self.id.clone(),
+                };
+                merge_into_config(&mut config, &target)?;
+            }
+            None => {
+                if let Some(linux) = config["linux"].as_object_mut() {
+                    linux.remove("seccomp");
+                }
+            }
+        }
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
         Ok(())
     }

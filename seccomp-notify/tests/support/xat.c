@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -74,6 +75,25 @@ int main(int argc, char **argv) {
             waitpid(child, NULL, 0);
         }
         printf("race done\n");
+        return 0;
+    }
+    if (!strcmp(mode, "time") && argc >= 4) { /* xat time PATH COUNT: ns per fork+exec+wait */
+        int count = atoi(argv[3]);
+        for (int i = 0; i < count; i++) {
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            pid_t child = fork();
+            if (child == 0) {
+                char *args[] = {argv[2], NULL};
+                execve(argv[2], args, environ);
+                _exit(127);
+            }
+            int status;
+            waitpid(child, &status, 0);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+            printf("%ld\n", (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec));
+        }
         return 0;
     }
     if (!strcmp(mode, "loop") && argc >= 4) { /* xat loop PATH COUNT: fork+exec+wait */
