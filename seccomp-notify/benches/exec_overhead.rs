@@ -18,7 +18,10 @@ use anyhow::{bail, Context, Result};
 use support::{Bundle, Running};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn samples(bundle: &Bundle, binary: &str, n: usize) -> Result<Vec<u64>> {
@@ -51,7 +54,11 @@ async fn measure(binary: &'static str, n: usize, rounds: usize, sup: &Running) -
     let args = ["/bin/xat", "time", binary, count.as_str()];
     let none = Bundle::unfiltered(&runc, &args)?;
     let notify = Bundle::new(&runc, &sup.socket, &args)?;
-    let mut row = Row { binary, none: Vec::new(), notify: Vec::new() };
+    let mut row = Row {
+        binary,
+        none: Vec::new(),
+        notify: Vec::new(),
+    };
     // Warm-up (page cache, image index, verdict cache), then interleaved rounds.
     let (none, notify) = tokio::task::spawn_blocking(move || -> Result<(Bundle, Bundle)> {
         samples(&none, binary, n)?;

@@ -93,7 +93,11 @@ pub fn layer() -> Result<&'static Path> {
     }
     let tiny = dir.join("tiny.c");
     std::fs::write(&tiny, "int main(void) { return 0; }\n")?;
-    let status = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(dir.join("bin/tiny")).arg(&tiny).status()?;
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("bin/tiny"))
+        .arg(&tiny)
+        .status()?;
     std::fs::remove_file(&tiny)?;
     if !status.success() {
         bail!("gcc -static failed for the tiny program");
