@@ -101,6 +101,9 @@ pub struct DriftEvent {
     /// The parent process, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentProcess>,
+    /// Why the failure policy answered instead of the rule, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl DriftEvent {
@@ -131,6 +134,7 @@ impl DriftEvent {
             argv: Vec::new(),
             hash: None,
             parent: None,
+            error: None,
         }
     }
 

@@ -32,6 +32,10 @@ pub enum VerdictClass {
     /// The image's dynamic loader run with a drifted program as its argument.
     #[serde(rename = "loader trick")]
     LoaderTrick,
+    /// The supervisor could not classify the target (it vanished, a read failed, a decision
+    /// timed out); the failure policy answered.
+    #[serde(rename = "undecided")]
+    Undecided,
 }
 
 impl VerdictClass {
@@ -46,6 +50,7 @@ impl VerdictClass {
             VerdictClass::NewFile => "new file",
             VerdictClass::Fileless => "fileless",
             VerdictClass::LoaderTrick => "loader trick",
+            VerdictClass::Undecided => "undecided",
         }
     }
 

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand family.
 
+pub mod daemon;
 pub mod events;
 pub mod fdholder;
 pub mod index;
@@ -35,6 +36,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Print version and build information.
     Version,
+    /// Run the node agent: NRI plugin, exec supervisor, policy watcher and alert sinks.
+    Daemon(daemon::DaemonArgs),
+    /// The runc wrapper for containerd's `BinaryName` (also installed as `driftguard-runc`).
+    Runc(daemon::RuncArgs),
     /// Print the merged index of image layer directories (top layer first).
     Index(index::IndexArgs),
     /// Print what the image index says about one path.
@@ -70,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("driftguard {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Daemon(args) => daemon::run(args),
+        Command::Runc(args) => crate::wrapper::run(args.args),
         Command::Index(args) => index::run_index(args),
         Command::Check(args) => index::run_check(args),
         Command::Policy(args) => policy::run(args),

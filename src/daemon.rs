@@ -1,0 +1,310 @@
+//! `driftguard daemon`: one process that wires the NRI plugin, the exec supervisor, the policy
+//! watcher, the image index cache and the alert sinks together.
+//!
+//! Start-up order matters: the policy is loaded first (a broken policy file stops the start
+//! with its error, since there is no older version to keep), then the sinks and metrics, then
+//! the fd holder (started when none answers, so it outlives this process), then the supervisor
+//! socket, and only then the NRI plugin, so no container is announced before its execs can be
+//! answered. SIGTERM and SIGINT stop everything cleanly; the fd holder keeps every notify fd,
+//! so containers keep their filters and a restarted daemon resumes serving them.
+//!
+//! Limits: the daemon runs the NRI plugin in external mode only; as a pre-registered plugin
+//! (`/opt/nri/plugins/NN-driftguard`) the same binary runs `driftguard nri-plugin`, which talks
+//! to a running daemon's policy file but not to its memory.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use driftguard_image_index::IndexCache;
+use driftguard_nri::{ContainerPolicy, NoHooks, Plugin, PluginConfig};
+use driftguard_policy::alerts::{Alerts, AlertsConfig, HttpSinkConfig};
+use driftguard_policy::event::DriftEvent;
+use driftguard_policy::{
+    Action, FailurePolicy, Metrics, Policy, PolicyStore, PolicyWatcher, Scope, VerdictClass,
+};
+use driftguard_seccomp::{Decider, EventSink, ExecEvent, ExecFacts, Supervisor, SupervisorConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let node = config.node_name();
+    let metrics = Metrics::new();
+    let store = PolicyStore::new(initial_policy(&config.policy_path)?);
+    let _watcher = PolicyWatcher::start(&config.policy_path, store.clone(), Some(metrics.clone()))
+        .with_context(|| format!("watching {}", config.policy_path.display()))?;
+    if !config.metrics_address.is_empty() {
+        let addr = config.metrics_address.parse().context("metricsAddress")?;
+        let bound = metrics.serve(addr).await.context("serving metrics")?;
+        info!(address = %bound, "metrics endpoint listening");
+    }
+    let (alerts, alert_tasks) = Alerts::start(alerts_config(&config, &node), Some(metrics.clone()))
+        .await
+        .context("starting the alert sinks")?;
+    if config.start_holder {
+        ensure_holder(&config)?;
+    }
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(signal_to_cancel(cancel.clone()));
+    let supervisor = Supervisor::new(
+        supervisor_config(&config),
+        Arc::new(MeteredDecider {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        }),
+        Arc::new(IndexCache::new(config.state_dir.join("index"))),
+        Arc::new(AlertSink {
+            alerts,
+            cluster: config.cluster.clone(),
+            node,
+        }),
+    );
+    let served = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { supervisor.run(cancel.cancelled_owned()).await }
+    });
+    wait_for_socket(&config.supervisor_socket, &served).await?;
+
+    let nri = if config.nri.enabled {
+        Some(start_nri(&config, &store, &cancel))
+    } else {
+        None
+    };
+    info!(policy = %config.policy_path.display(), "driftguard daemon running");
+    let result = served.await.context("supervisor task")?;
+    cancel.cancel();
+    if let Some(nri) = nri {
+        let _ = nri.await;
+    }
+    alert_tasks.join().await;
+    info!("driftguard daemon stopped");
+    result.context("supervisor")
+}
+
+/// The policy at start: the file when it exists (errors stop the start), else the default
+/// policy, which the watcher replaces as soon as the file appears.
+fn initial_policy(path: &Path) -> Result<Policy> {
+    if path.exists() {
+        return Policy::load(path).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    warn!(path = %path.display(), "policy file missing; using the default policy until it appears");
+    Ok(Policy::default_policy())
+}
+
+fn alerts_config(config: &Config, node: &str) -> AlertsConfig {
+    let file = &config.alerts.file;
+    let url = &config.alerts.falcosidekick_url;
+    AlertsConfig {
+        stdout: config.alerts.stdout,
+        file: (!file.as_os_str().is_empty()).then(|| file.clone()),
+        http: (!url.is_empty()).then(|| HttpSinkConfig::new(url)),
+        hostname: node.to_string(),
+        ..AlertsConfig::default()
+    }
+}
+
+fn supervisor_config(config: &Config) -> SupervisorConfig {
+    let mut sc = SupervisorConfig::new(
+        config.supervisor_socket.clone(),
+        Some(config.holder_socket.clone()),
+    );
+    sc.decision_timeout = Duration::from_millis(config.decision_timeout_ms);
+    sc
+}
+
+/// Starts `driftguard fd-holder` in its own process group unless one already answers.
+fn ensure_holder(config: &Config) -> Result<()> {
+    let socket = &config.holder_socket;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        info!(socket = %socket.display(), "fd holder already running");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.state_dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.state_dir.join("fd-holder.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["fd-holder", "--socket"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the fd holder")?;
+    for _ in 0..100 {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            info!(pid = child.id(), socket = %socket.display(), "fd holder started");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!(
+        "the fd holder (pid {}) did not open {}",
+        child.id(),
+        socket.display()
+    )
+}
+
+async fn wait_for_socket(
+    socket: &Path,
+    served: &tokio::task::JoinHandle<Result<(), driftguard_seccomp::SupervisorError>>,
+) -> Result<()> {
+    for _ in 0..250 {
+        if served.is_finished() || socket.exists() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the supervisor did not open {}", socket.display())
+}
+
+fn start_nri(
+    config: &Config,
+    store: &PolicyStore,
+    cancel: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let listener = config.supervisor_socket.display().to_string();
+    let plugin = Plugin::new(
+        PluginConfig {
+            cluster: config.cluster.clone(),
+            listener_path: config.nri.native_seccomp.then_some(listener),
+            ..PluginConfig::default()
+        },
+        Arc::new(PolicyRules(store.clone())),
+        Arc::new(NoHooks),
+    );
+    let (socket, name, idx) = (
+        config.nri.socket.clone(),
+        config.nri.plugin_name.clone(),
+        config.nri.plugin_index.clone(),
+    );
+    let plugin_cancel = plugin.cancel_token();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            plugin_cancel.cancel();
+        });
+        if let Err(err) = plugin.run_external(&socket, &name, &idx).await {
+            error!(error = %err, "NRI plugin stopped");
+        }
+    })
+}
+
+async fn signal_to_cancel(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => info!(signal = "SIGINT", "shutting down"),
+    }
+    cancel.cancel();
+}
+
+/// The NRI plugin's policy question, answered from the live policy.
+///
+/// Every container is monitored (gets the notify filter) whatever its rule, so a later policy
+/// change reaches running containers; `ignore` is applied when an exec is decided.
+struct PolicyRules(PolicyStore);
+
+impl ContainerPolicy for PolicyRules {
+    fn rule_for(&self, scope: &Scope) -> (String, Action) {
+        let policy = self.0.current();
+        let rule = policy.evaluate(scope);
+        (rule.name.clone(), rule.action)
+    }
+
+    fn monitored(&self, _scope: &Scope) -> bool {
+        true
+    }
+}
+
+/// Decides with the live policy and records each decision's latency and outcome.
+struct MeteredDecider {
+    store: PolicyStore,
+    metrics: Metrics,
+}
+
+impl Decider for MeteredDecider {
+    fn decide(&self, scope: &Scope, facts: &ExecFacts<'_>) -> driftguard_seccomp::Decision {
+        let started = Instant::now();
+        self.metrics.exec_seen();
+        let facts = driftguard_policy::ExecFacts {
+            class: facts.class,
+            path: facts.path,
+            hash: facts.hash,
+            on_volume: facts.on_volume,
+        };
+        let decision = self.store.current().decide(scope, &facts);
+        self.metrics.record_decision(&decision, started.elapsed());
+        driftguard_seccomp::Decision {
+            rule: decision.rule,
+            action: decision.action,
+            outcome: decision.outcome,
+            allow_listed: decision.allow_listed,
+        }
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        self.store.current().failure_policy()
+    }
+}
+
+/// Turns the supervisor's exec events into alerts.
+struct AlertSink {
+    alerts: Alerts,
+    cluster: String,
+    node: String,
+}
+
+impl EventSink for AlertSink {
+    fn emit(&self, event: ExecEvent) {
+        let alert = drift_event(event, &self.cluster, &self.node);
+        self.alerts.send(alert);
+    }
+}
+
+fn drift_event(event: ExecEvent, cluster: &str, node: &str) -> DriftEvent {
+    let scope = Scope {
+        cluster: cluster.to_string(),
+        namespace: event.namespace,
+        pod_name: event.pod,
+        container_name: event.container,
+        image_name: event.image,
+        ..Scope::default()
+    };
+    let decision = driftguard_policy::Decision {
+        rule: if event.rule.is_empty() {
+            "failure-policy".into()
+        } else {
+            event.rule
+        },
+        action: event.action.unwrap_or(Action::Block),
+        class: event.class.unwrap_or(VerdictClass::Undecided),
+        outcome: event.outcome,
+        allow_listed: event.allow_listed,
+    };
+    let mut alert = DriftEvent::from_decision(&decision, &scope);
+    alert.container_id = event.container_id;
+    alert.node = node.to_string();
+    alert.pid = event.pid;
+    alert.path = event.path;
+    alert.set_argv(event.argv);
+    alert.hash = event.hash;
+    alert.error = event.error;
+    alert
+}
