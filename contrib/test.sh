@@ -23,8 +23,12 @@ command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || {
 }
 
 cleanup() {
-    contrib/dev/runtime.sh down || true
-    DG_CONTAINERD=1.7.24 contrib/dev/runtime.sh down || true
+    local ctd dir
+    for dir in /var/lib/driftguard-dev /var/lib/driftguard-dev-node; do
+        for ctd in 2.1.9 1.7.24; do
+            DG_DEV_DIR=$dir DG_CONTAINERD=$ctd contrib/dev/runtime.sh down || true
+        done
+    done
 }
 trap cleanup EXIT
 

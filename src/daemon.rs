@@ -119,10 +119,11 @@ fn supervisor_config(config: &Config) -> SupervisorConfig {
     sc
 }
 
-/// Starts `driftguard fd-holder` in its own process group unless one already answers.
+/// Starts `driftguard fd-holder` in its own process group unless one already answers, and
+/// records its pid in `<stateDir>/fd-holder.pid`.
 fn ensure_holder(config: &Config) -> Result<()> {
     let socket = &config.holder_socket;
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+    if driftguard_seccomp::holder::is_running(socket) {
         info!(socket = %socket.display(), "fd holder already running");
         return Ok(());
     }
@@ -140,8 +141,12 @@ fn ensure_holder(config: &Config) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("starting the fd holder")?;
+    std::fs::write(
+        config.state_dir.join("fd-holder.pid"),
+        child.id().to_string(),
+    )?;
     for _ in 0..100 {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        if driftguard_seccomp::holder::is_running(socket) {
             info!(pid = child.id(), socket = %socket.display(), "fd holder started");
             return Ok(());
         }

@@ -383,8 +383,22 @@ cmd_up() {
     log "ready: CRI at $SOCK, NRI at $NRI_SOCK"
 }
 
+# stop_owned: processes a test fixture started for this instance (daemon, fd holder), listed
+# in owned.pids; a pid is only signalled while it still runs a driftguard binary.
+stop_owned() {
+    local p
+    [ -f "$LAB/owned.pids" ] || return 0
+    while read -r p; do
+        if [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' < "/proc/$p/cmdline" | grep -q driftguard; then
+            kill -9 "$p" 2>/dev/null || true
+        fi
+    done < "$LAB/owned.pids"
+    rm -f "$LAB/owned.pids"
+}
+
 cmd_down() {
     local pid i p
+    stop_owned
     if pid=$(containerd_pid); then
         testkit cri-rm-all --endpoint "$SOCK" >&2 || log "could not remove pods through CRI; stopping anyway"
         kill "$pid"

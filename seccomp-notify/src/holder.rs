@@ -138,7 +138,12 @@ struct Held {
     fd: OwnedFd,
 }
 
-/// Runs the holder on `path` until the process is killed.
+/// Whether a holder answers on `path` (connects and closes, which the holder ignores).
+pub fn is_running(path: &Path) -> bool {
+    connect(path).is_ok()
+}
+
+/// Serves the holder on `path` until the process is killed.
 pub fn run_holder(path: &Path) -> io::Result<()> {
     let listener = bind_seqpacket(path)?;
     info!(socket = %path.display(), "fd holder listening");
@@ -218,6 +223,8 @@ fn serve_client(listener: &OwnedFd, held: &mut Vec<Held>) -> io::Result<()> {
             }
             send(&client, &Message::End { count: held.len() }, None)
         }
+        // A client that connects and closes (a liveness probe) gets nothing.
+        None => Ok(()),
         other => {
             let reason = format!("unexpected request {other:?}");
             send(&client, &Message::Error { reason }, None)

@@ -14,7 +14,8 @@
 //! - `hello.sh`: a shebang script (mode 0755);
 //! - `opaque/`: a directory with `old-a`, `old-b` in `app`, made opaque in `update` with `new-c`;
 //! - `/lib64/ld-linux-x86-64.so.2`, `/lib/x86_64-linux-gnu/libc.so.6` and `/usr/bin/gnu-true`
-//!   (the host's `true`, dynamically linked): the dynamic loader and a program that needs it.
+//!   (the host's `true`, dynamically linked): the dynamic loader and a program that needs it;
+//! - `/usr/bin/memfd-exec`: copies a file into a memfd and executes that (a fileless exec).
 //!
 //! Limits: needs `gcc` with static libc (Debian's `libc6-dev`) for the C programs, and an
 //! x86-64 host whose `/usr/bin/true` links only against libc.
@@ -152,6 +153,12 @@ fn app_layer(dir: &Path) -> Result<()> {
     )?;
     fs::write(opt.join("opaque/old-a"), "a\n")?;
     fs::write(opt.join("opaque/old-b"), "b\n")?;
+    fs::create_dir_all(dir.join("usr/bin"))?;
+    compile(
+        &Path::new(C_DIR).join("memfd-exec.c"),
+        &dir.join("usr/bin/memfd-exec"),
+        None,
+    )?;
     dynamic_program(dir, Path::new("/usr/bin/true"), "usr/bin/gnu-true")
 }
 

@@ -90,7 +90,8 @@ impl Runtime {
         Runtime::from_env_output(&runtime_sh(&["env"], env)?)
     }
 
-    fn from_env_output(text: &str) -> Result<Runtime> {
+    /// Parses the `export` lines of `runtime.sh env`.
+    pub fn from_env_output(text: &str) -> Result<Runtime> {
         let vars: HashMap<&str, String> = text
             .lines()
             .filter_map(|l| l.strip_prefix("export "))

@@ -1,6 +1,8 @@
 //! The private runtime works end to end: a pod and a busybox container through CRI, exec into a
 //! running container, and the scenario image's overlay layers as the host sees them.
 
+#![allow(clippy::unwrap_used)] // a failed step must fail the test at once
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! (stale sockets, running shims and mounts left behind), and `down` leaves no mount and no
 //! process of the instance.
 
+#![allow(clippy::unwrap_used)] // a failed step must fail the test at once
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +19,11 @@ fn env() -> [(&'static str, &'static str); 1] {
 
 fn containerd_pid() -> Option<u32> {
     let out = runtime_sh(&["status"], &env()).ok()?;
-    out.split("pid ").nth(1)?.trim_end_matches([')', '\n']).parse().ok()
+    out.split("pid ")
+        .nth(1)?
+        .trim_end_matches([')', '\n'])
+        .parse()
+        .ok()
 }
 
 fn mounts_below(dir: &str) -> Vec<String> {
@@ -45,7 +51,9 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 fn kill9(pid: u32) {
-    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
     assert!(status.unwrap().success());
     for _ in 0..100 {
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -58,7 +66,9 @@ fn kill9(pid: u32) {
 fn run_sleeping_pod(rt: &Runtime) {
     let cri = rt.cri().unwrap();
     let pod = cri.run_pod(&PodSpec::new("lifecycle", "default")).unwrap();
-    let ctr = pod.start_container(&ContainerSpec::shell("s", BUSYBOX, "sleep 600")).unwrap();
+    let ctr = pod
+        .start_container(&ContainerSpec::shell("s", BUSYBOX, "sleep 600"))
+        .unwrap();
     assert_eq!(ctr.sh("echo alive").unwrap().stdout, "alive\n");
     // Leave pod and container running, as a crash would.
     std::mem::forget(ctr);
@@ -70,13 +80,20 @@ fn up_is_idempotent_survives_a_crash_and_down_cleans_everything() {
     let rt = Runtime::up(&env()).unwrap();
     let first = containerd_pid().expect("containerd runs after up");
     let again = Runtime::up(&env()).unwrap();
-    assert_eq!(containerd_pid(), Some(first), "a second up must reuse the running containerd");
+    assert_eq!(
+        containerd_pid(),
+        Some(first),
+        "a second up must reuse the running containerd"
+    );
     assert_eq!(again.cri_socket, rt.cri_socket);
 
     // A crash leaves the socket files, the shim, the container and its mounts behind.
     run_sleeping_pod(&rt);
     kill9(first);
-    assert!(rt.cri_socket.exists(), "the crashed containerd left its socket behind");
+    assert!(
+        rt.cri_socket.exists(),
+        "the crashed containerd left its socket behind"
+    );
     let rt = Runtime::up(&env()).unwrap();
     let second = containerd_pid().unwrap();
     assert_ne!(second, first);
@@ -84,7 +101,10 @@ fn up_is_idempotent_survives_a_crash_and_down_cleans_everything() {
 
     // Crash again with pods running; `down` must clean up after it.
     kill9(second);
-    assert!(!mounts_below(DEV_DIR).is_empty(), "pods should have left mounts behind");
+    assert!(
+        !mounts_below(DEV_DIR).is_empty(),
+        "pods should have left mounts behind"
+    );
     runtime_sh(&["down"], &env()).unwrap();
     assert_eq!(mounts_below(DEV_DIR), Vec::<String>::new());
     let socket = rt.cri_socket.display().to_string();
