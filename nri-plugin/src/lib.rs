@@ -24,6 +24,6 @@ pub mod service;
 
 pub use driftguard_policy::{Action, Scope};
 pub use hooks::{ContainerInfo, NoHooks, PluginEvent, PluginHooks, PodInfo};
-pub use plugin::{Plugin, PluginConfig, PluginError, DEFAULT_SOCKET};
+pub use plugin::{ConfigureHook, Plugin, PluginConfig, PluginError, DEFAULT_SOCKET};
 pub use policy::{ContainerPolicy, FixedPolicy};
 pub use runtime::RuntimeInfo;

@@ -100,10 +100,28 @@ pub enum PluginError {
     Identity(String),
 }
 
+/// Turns the configuration the runtime passes in Configure into the settings of that
+/// connection.
+///
+/// containerd passes a pre-registered plugin the content of its `conf.d` file
+/// (`<plugin_config_path>/NN-name.conf`, empty when there is none); external plugins get an
+/// empty string. The hook runs once per connection, on a blocking thread, inside the runtime's
+/// request timeout (2 s by default): reading a small file or two is fine.
+pub trait ConfigureHook: Send + Sync {
+    /// Returns the settings to use from now on; `current` is the plugin's configuration as
+    /// created. An error fails Configure, and the runtime then drops the plugin.
+    fn configure(
+        &self,
+        runtime_config: &str,
+        current: &PluginConfig,
+    ) -> Result<PluginConfig, String>;
+}
+
 /// Everything a session needs that outlives connections.
 pub(crate) struct Shared {
     pub(crate) config: PluginConfig,
     pub(crate) policy: Arc<dyn ContainerPolicy>,
+    pub(crate) on_configure: std::sync::OnceLock<Arc<dyn ConfigureHook>>,
 }
 
 /// The driftguard NRI plugin.
@@ -121,10 +139,20 @@ impl Plugin {
         hooks: Arc<dyn PluginHooks>,
     ) -> Plugin {
         Plugin {
-            shared: Arc::new(Shared { config, policy }),
+            shared: Arc::new(Shared {
+                config,
+                policy,
+                on_configure: std::sync::OnceLock::new(),
+            }),
             queue: EventQueue::start(hooks),
             cancel: CancellationToken::new(),
         }
+    }
+
+    /// Sets the hook that reads the runtime's plugin configuration at each Configure (once;
+    /// later calls are ignored and return `false`).
+    pub fn set_configure_hook(&self, hook: Arc<dyn ConfigureHook>) -> bool {
+        self.shared.on_configure.set(hook).is_ok()
     }
 
     /// A token that stops the plugin when cancelled; `run_*` then return `Ok`.

@@ -6,7 +6,11 @@
 //! answered through their dedicated NRI v0.12 methods and through `StateChange` (older
 //! runtimes, and v0.12 runtimes falling back on `Unimplemented`).
 //!
-//! Invariant: every handler answers from memory; hooks run on their own task.
+//! Configure runs the plugin's [`ConfigureHook`](crate::plugin::ConfigureHook), when one is
+//! set, on the runtime's plugin configuration; its settings (cluster, listener path) then
+//! replace the plugin's own for this connection.
+//!
+//! Invariant: every handler except Configure answers from memory; hooks run on their own task.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +20,7 @@ use driftguard_proto::Status;
 
 use crate::adjust::{create_container, describe, AdjustContext};
 use crate::hooks::{EventQueue, PluginEvent, PodInfo};
-use crate::plugin::Shared;
+use crate::plugin::{PluginConfig, Shared};
 use crate::runtime::RuntimeInfo;
 
 /// The events the plugin subscribes to.
@@ -27,6 +31,8 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     queue: EventQueue,
     runtime: Mutex<Option<RuntimeInfo>>,
+    /// Settings from the configure hook; the plugin's own until then.
+    config: Mutex<Option<PluginConfig>>,
     /// Chunks of a split Synchronize, gathered until the last one.
     pending_sync: Mutex<(Vec<api::PodSandbox>, Vec<api::Container>)>,
 }
@@ -37,6 +43,7 @@ impl Session {
             shared,
             queue,
             runtime: Mutex::new(None),
+            config: Mutex::new(None),
             pending_sync: Mutex::new((Vec::new(), Vec::new())),
         }
     }
@@ -47,8 +54,40 @@ impl Session {
         guard.unwrap_or_else(|| RuntimeInfo::from_configure("", "", ""))
     }
 
+    /// The settings in force on this connection.
+    fn config(&self) -> PluginConfig {
+        let guard = self.config.lock().ok().and_then(|g| g.clone());
+        guard.unwrap_or_else(|| self.shared.config.clone())
+    }
+
+    /// Runs the configure hook, if any, on the runtime's plugin configuration.
+    async fn apply_runtime_config(&self, runtime_config: String) -> Result<(), Status> {
+        let Some(hook) = self.shared.on_configure.get().cloned() else {
+            if !runtime_config.is_empty() {
+                tracing::debug!(
+                    bytes = runtime_config.len(),
+                    "runtime passed plugin config; not used"
+                );
+            }
+            return Ok(());
+        };
+        let base = self.shared.config.clone();
+        let result = tokio::task::spawn_blocking(move || hook.configure(&runtime_config, &base))
+            .await
+            .map_err(|_| Status::internal("the configure hook panicked"))?;
+        let config = result.map_err(|msg| {
+            tracing::error!(error = %msg, "plugin configuration rejected");
+            Status::invalid_argument(msg)
+        })?;
+        if let Ok(mut guard) = self.config.lock() {
+            *guard = Some(config);
+        }
+        Ok(())
+    }
+
     fn synchronized(&self, pods: Vec<api::PodSandbox>, containers: Vec<api::Container>) {
-        let cluster = &self.shared.config.cluster;
+        let config = self.config();
+        let cluster = &config.cluster;
         let policy = &*self.shared.policy;
         let infos: Vec<_> = containers
             .iter()
@@ -104,12 +143,7 @@ impl PluginService for Session {
             seccomp_adjustment = info.applies_seccomp_adjustment(),
             "nri plugin configured"
         );
-        if !req.config.is_empty() {
-            tracing::debug!(
-                bytes = req.config.len(),
-                "runtime passed plugin config; not used"
-            );
-        }
+        self.apply_runtime_config(req.config).await?;
         if let Ok(mut guard) = self.runtime.lock() {
             *guard = Some(info.clone());
         }
@@ -156,9 +190,10 @@ impl PluginService for Session {
             ));
         }
         let runtime = self.runtime();
+        let config = self.config();
         let ctx = AdjustContext {
-            cluster: &self.shared.config.cluster,
-            listener_path: self.shared.config.listener_path.as_deref(),
+            cluster: &config.cluster,
+            listener_path: config.listener_path.as_deref(),
             runtime: &runtime,
         };
         let (response, info) = create_container(&ctx, &*self.shared.policy, &req);

@@ -320,3 +320,56 @@ fn identities_are_checked_like_the_runtime_does() {
     assert!(check_identity("driftguard", "1").is_err());
     assert!(check_identity("driftguard", "ab").is_err());
 }
+
+/// Takes the cluster name from the runtime's plugin configuration; rejects "bad".
+struct ClusterFromConfig;
+
+impl ConfigureHook for ClusterFromConfig {
+    fn configure(
+        &self,
+        runtime_config: &str,
+        current: &PluginConfig,
+    ) -> Result<PluginConfig, String> {
+        if runtime_config == "bad" {
+            return Err("line 1: not a configuration".into());
+        }
+        Ok(PluginConfig {
+            cluster: runtime_config.to_string(),
+            ..current.clone()
+        })
+    }
+}
+
+#[tokio::test]
+async fn configure_hook_settings_reach_the_adjustment_and_its_errors_fail_configure() {
+    let mut h = start();
+    assert!(h.plugin.set_configure_hook(Arc::new(ClusterFromConfig)));
+    h.registered.recv().await.expect("registration");
+    let configure = |config: &str| api::ConfigureRequest {
+        config: config.into(),
+        runtime_name: "containerd".into(),
+        runtime_version: "2.1.9".into(),
+        ..Default::default()
+    };
+    let err = call::<api::ConfigureResponse>(&h.client, "Configure", configure("bad"))
+        .await
+        .expect_err("rejected");
+    assert!(err.to_string().contains("not a configuration"), "{err}");
+
+    let _: api::ConfigureResponse = call(&h.client, "Configure", configure("from-conf-d"))
+        .await
+        .expect("configure");
+    let create = api::CreateContainerRequest {
+        pod: Some(pod("p3", "n")),
+        container: Some(container("c3", "p3")),
+    };
+    let reply: api::CreateContainerResponse = call(&h.client, "CreateContainer", create)
+        .await
+        .expect("create");
+    let ann = reply.adjust.expect("adjust").annotations;
+    assert_eq!(
+        ann.get(driftguard_policy::scope::ANN_CLUSTER)
+            .map(String::as_str),
+        Some("from-conf-d")
+    );
+}
