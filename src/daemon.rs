@@ -32,6 +32,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 
+/// How long shutdown waits for the NRI plugin and for queued alerts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     let node = config.node_name();
@@ -81,9 +84,18 @@ pub async fn run(config: Config) -> Result<()> {
     let result = served.await.context("supervisor task")?;
     cancel.cancel();
     if let Some(nri) = nri {
-        let _ = nri.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, nri).await.is_err() {
+            warn!("the NRI plugin did not stop in time");
+        }
     }
-    alert_tasks.join().await;
+    // Notification tasks of running containers keep a handle on the sinks until their fds
+    // close, so queued alerts get a bounded time to drain instead of an unbounded wait.
+    if tokio::time::timeout(SHUTDOWN_GRACE, alert_tasks.join())
+        .await
+        .is_err()
+    {
+        warn!("alert sinks did not drain in time");
+    }
     info!("driftguard daemon stopped");
     result.context("supervisor")
 }

@@ -21,7 +21,10 @@ pub struct DaemonArgs {
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(args.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(crate::daemon::run(config))?;
+    let result = runtime.block_on(crate::daemon::run(config));
+    // Tasks serving running containers are dropped, not awaited: the fd holder keeps their fds.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -216,6 +216,30 @@ impl Cri {
         })
     }
 
+    /// Runs a command in any running container by id (CRI `ExecSync`).
+    pub fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecResult> {
+        let mut c = self.runtime();
+        let req = api::ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout.as_secs().max(1) as i64,
+        };
+        let resp = self
+            .block(async move { c.exec_sync(req).await })
+            .with_context(|| format!("ExecSync {cmd:?}"))?
+            .into_inner();
+        Ok(ExecResult {
+            exit_code: resp.exit_code,
+            stdout: String::from_utf8_lossy(&resp.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&resp.stderr).into_owned(),
+        })
+    }
+
     /// Stops and removes every pod sandbox; returns how many there were.
     pub fn remove_all_pods(&self) -> Result<usize> {
         let mut c = self.runtime();
@@ -354,23 +378,7 @@ impl Container<'_> {
 
     /// Runs a command in the container and waits for it (CRI `ExecSync`).
     pub fn exec_sync(&self, cmd: &[&str], timeout: Duration) -> Result<ExecResult> {
-        let mut c = self.pod.cri.runtime();
-        let req = api::ExecSyncRequest {
-            container_id: self.id.clone(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: timeout.as_secs().max(1) as i64,
-        };
-        let resp = self
-            .pod
-            .cri
-            .block(async move { c.exec_sync(req).await })
-            .with_context(|| format!("ExecSync {cmd:?}"))?
-            .into_inner();
-        Ok(ExecResult {
-            exit_code: resp.exit_code,
-            stdout: String::from_utf8_lossy(&resp.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&resp.stderr).into_owned(),
-        })
+        self.pod.cri.exec_sync(&self.id, cmd, timeout)
     }
 
     /// Runs `sh -c script` in the container.

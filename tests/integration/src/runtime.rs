@@ -111,7 +111,7 @@ impl Runtime {
             state: get("DG_CTD_STATE")?.into(),
             log: get("DG_CTD_LOG")?.into(),
             nri_plugin_dir: get("DG_NRI_PLUGIN_DIR")?.into(),
-            runc: get("DG_RUNC")?.into(),
+            runc: get("DG_RUNC_BIN")?.into(),
             runc_root: get("DG_RUNC_ROOT")?.into(),
             ctr: get("DG_CTR")?
                 .split_whitespace()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use driftguard_testkit::{images, Cri};
+use driftguard_testkit::{images, ContainerSpec, Cri, PodSpec};
 
 /// Test kit helpers for driftguard's private runtime.
 #[derive(Parser)]
@@ -36,6 +36,39 @@ enum Cmd {
         #[arg(long)]
         endpoint: PathBuf,
     },
+    /// Run a pod with one container and leave it running; prints the container id.
+    RunPod {
+        /// containerd's socket.
+        #[arg(long)]
+        endpoint: PathBuf,
+        /// Where pod logs go.
+        #[arg(long, default_value = "/tmp")]
+        pods_dir: PathBuf,
+        /// Pod name prefix.
+        #[arg(long)]
+        name: String,
+        /// Namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Image.
+        #[arg(long)]
+        image: String,
+        /// The container's command.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in a running container (CRI ExecSync); exits with its exit code.
+    Exec {
+        /// containerd's socket.
+        #[arg(long)]
+        endpoint: PathBuf,
+        /// Container id.
+        #[arg(long)]
+        container: String,
+        /// The command.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,6 +86,40 @@ fn main() -> Result<()> {
         Cmd::CriRmAll { endpoint } => {
             let n = Cri::connect(&endpoint, &std::env::temp_dir())?.remove_all_pods()?;
             eprintln!("removed {n} pod sandboxes");
+        }
+        Cmd::RunPod {
+            endpoint,
+            pods_dir,
+            name,
+            namespace,
+            image,
+            command,
+        } => {
+            let cri = Cri::connect(&endpoint, &pods_dir)?;
+            let pod = cri.run_pod(&PodSpec::new(&name, &namespace))?;
+            let spec = ContainerSpec {
+                name: name.clone(),
+                image,
+                command,
+                ..Default::default()
+            };
+            let ctr = pod.start_container(&spec)?;
+            println!("{}", ctr.id());
+            // The pod outlives this process; `cri-rm-all` or `runtime.sh down` removes it.
+            std::mem::forget(ctr);
+            std::mem::forget(pod);
+        }
+        Cmd::Exec {
+            endpoint,
+            container,
+            command,
+        } => {
+            let cri = Cri::connect(&endpoint, &std::env::temp_dir())?;
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            let out = cri.exec_sync(&container, &args, std::time::Duration::from_secs(60))?;
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            std::process::exit(out.exit_code);
         }
     }
     Ok(())
