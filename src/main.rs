@@ -3,7 +3,8 @@
 //! This binary is thin: it parses the command line and hands each subcommand to the crate or
 //! module that implements it. The runc wrapper (`driftguard runc …`, or this binary installed
 //! as `driftguard-runc`) is recognised before any parsing, so runc's arguments reach runc
-//! exactly as the shim wrote them.
+//! exactly as the shim wrote them. So is a launch by containerd as a pre-registered NRI
+//! plugin (no arguments, `NRI_PLUGIN_SOCKET` set), which runs `driftguard nri-plugin`.
 
 mod cli;
 mod config;
@@ -29,8 +30,16 @@ fn main() -> ExitCode {
         return run_wrapper(args.split_off(2));
     }
 
+    // containerd launches a pre-registered NRI plugin with no arguments and the connected
+    // socket in NRI_PLUGIN_SOCKET; stderr is /dev/null then, so it logs to a file.
+    if args.len() == 1 && cli::nriplugin::launched_by_runtime() {
+        return cli::nriplugin::run_launched(None);
+    }
+
     let cli = cli::Cli::parse();
-    cli::init_tracing(cli.log_format);
+    if !cli::nriplugin::owns_logging(&cli.command) {
+        cli::init_tracing(cli.log_format);
+    }
     match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod events;
 pub mod fdholder;
 pub mod index;
+pub mod nriplugin;
 pub mod policy;
 
 use std::process::ExitCode;
@@ -50,6 +51,10 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Keep duplicates of the supervisor's seccomp notify fds across its restarts.
     FdHolder(fdholder::FdHolderArgs),
+    /// Run the NRI plugin alone: launched by containerd from its plugin directory, or external.
+    NriPlugin(nriplugin::NriPluginArgs),
+    /// Check or show the daemon's configuration file.
+    Config(nriplugin::ConfigArgs),
     /// Run the exec supervisor alone (tests and benchmarks).
     #[command(hide = true)]
     Supervise(fdholder::SuperviseArgs),
@@ -84,5 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args),
         Command::FdHolder(args) => fdholder::run_fd_holder(args),
         Command::Supervise(args) => fdholder::run_supervise(args),
+        Command::NriPlugin(args) => nriplugin::run(args),
+        Command::Config(args) => nriplugin::run_config(args),
     }
 }
