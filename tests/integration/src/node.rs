@@ -72,7 +72,7 @@ impl Node {
             config_path: dir.join("config.yaml"),
             policy_path: dir.join("policy.yaml"),
             events_path: dir.join("events.jsonl"),
-            supervisor_socket: PathBuf::from(format!("/run/driftguard-test-{ctd}/supervisor.sock")),
+            supervisor_socket: run_dir(&dev_dir, &ctd).join("supervisor.sock"),
             dir,
             dev_dir,
             daemon: None,
@@ -135,6 +135,8 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.daemon_log())?;
+        // The log is appended to across starts: only what this daemon writes counts.
+        let log_start = log.metadata()?.len();
         let child = Command::new(&self.binary)
             .args(["daemon", "--config"])
             .arg(&self.config_path)
@@ -147,7 +149,7 @@ impl Node {
             .context("starting driftguard daemon")?;
         self.record_pid(child.id())?;
         self.daemon = Some(child);
-        self.wait_ready(Duration::from_secs(30))?;
+        self.wait_ready(log_start, Duration::from_secs(30))?;
         let holder = fs::read_to_string(self.dir.join("state/fd-holder.pid")).unwrap_or_default();
         if let Ok(pid) = holder.trim().parse() {
             self.record_pid(pid)?;
@@ -169,10 +171,11 @@ impl Node {
         Ok(())
     }
 
-    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+    fn wait_ready(&self, log_start: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let log = fs::read_to_string(self.daemon_log()).unwrap_or_default();
+            let log = fs::read(self.daemon_log()).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default());
             let ready = log.rsplit("driftguard daemon running").next().unwrap_or("");
             if log.contains("driftguard daemon running") && ready.contains("synchronized") {
                 return Ok(());
@@ -260,6 +263,18 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The node's socket directory: one per instance and containerd version, so nodes in different
+/// instance directories never share sockets.
+fn run_dir(dev_dir: &str, ctd: &str) -> PathBuf {
+    let name = Path::new(dev_dir)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    PathBuf::from(format!(
+        "/run/{}-{ctd}",
+        name.unwrap_or_else(|| "driftguard-node".into())
+    ))
 }
 
 impl Drop for Node {
