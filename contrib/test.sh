@@ -7,6 +7,7 @@
 # Everything the tests need is unpacked or built by the run itself: containerd and runc from
 # Debian packages (contrib/dev/runtime.sh), the test images (built locally), protoc (vendored
 # crate). The private runtimes are stopped when the run ends, whatever its result. Settings:
+#   DG_DEV_ROOT=DIR    where the private runtimes live (default /var/lib)
 #   DG_MATRIX=0        skip the containerd 1.7.24 / runc 1.3.6 matrix runs
 #   DG_FUZZ_SECONDS=N  fuzz time (default 60; 0 skips)
 set -euo pipefail
@@ -24,7 +25,9 @@ command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || {
 
 cleanup() {
     local ctd dir
-    for dir in /var/lib/driftguard-dev /var/lib/driftguard-dev-node; do
+    local root=${DG_DEV_ROOT:-/var/lib}
+    for dir in "$root"/driftguard-dev "$root"/driftguard-dev-*; do
+        [ -d "$dir" ] || continue
         for ctd in 2.1.9 1.7.24; do
             DG_DEV_DIR=$dir DG_CONTAINERD=$ctd contrib/dev/runtime.sh down || true
         done

@@ -16,8 +16,8 @@
 #   DG_CONTAINERD    2.1.9 (default) or 1.7.24
 #   DG_RUNC          1.1.5 (default; runs on Debian 12's libc) or 1.1.15 or 1.3.6 (copies patched
 #                    with patchelf to use a private glibc 2.41)
-#   DG_DEV_DIR       where everything lives (default /var/lib/driftguard-dev); one containerd
-#                    instance per containerd version below it
+#   DG_DEV_DIR       where everything lives (default $DG_DEV_ROOT/driftguard-dev, DG_DEV_ROOT
+#                    defaulting to /var/lib); one containerd instance per containerd version below it
 #   DG_RUNTIME_BINARY  the runc runtime's BinaryName (default: the selected runc); the
 #                    driftguard runc wrapper goes here
 #   DG_DEBS          folder of Debian packages to prefer (default: ../shared/runtime-debs from
@@ -30,7 +30,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-DG_DEV_DIR=${DG_DEV_DIR:-/var/lib/driftguard-dev}
+DG_DEV_DIR=${DG_DEV_DIR:-${DG_DEV_ROOT:-/var/lib}/driftguard-dev}
 DG_CONTAINERD=${DG_CONTAINERD:-2.1.9}
 DG_RUNC=${DG_RUNC:-1.1.5}
 DG_DEBS=${DG_DEBS:-$REPO/../shared/runtime-debs}
@@ -398,6 +398,7 @@ stop_owned() {
 
 cmd_down() {
     local pid i p
+    [ -d "$LAB" ] || return 0
     stop_owned
     if pid=$(containerd_pid); then
         testkit cri-rm-all --endpoint "$SOCK" >&2 || log "could not remove pods through CRI; stopping anyway"

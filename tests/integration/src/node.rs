@@ -1,8 +1,8 @@
 //! A node protected by driftguard: a private containerd whose runc is the driftguard wrapper,
 //! plus a running `driftguard daemon` (NRI plugin, supervisor, policy watcher, alert file).
 //!
-//! The node lives in its own runtime instance (`DG_DEV_DIR`, default
-//! `/var/lib/driftguard-dev-node`), apart from the plain instance that [`crate::Runtime::shared`]
+//! The node lives in its own runtime instance (`DG_NODE_DEV_DIR`, default
+//! `$DG_DEV_ROOT/driftguard-dev-node` with `DG_DEV_ROOT` defaulting to `/var/lib`), apart from the plain instance that [`crate::Runtime::shared`]
 //! gives, so tests can compare the same exec with and without driftguard. Everything the node
 //! started (daemon, fd holder) is recorded in `owned.pids` below the instance, and
 //! `contrib/dev/runtime.sh down` with the same `DG_DEV_DIR` stops it.
@@ -21,9 +21,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::runtime::{runtime_sh, Runtime};
-
-/// Default instance directory of the protected node.
-pub const NODE_DEV_DIR: &str = "/var/lib/driftguard-dev-node";
 
 /// A running protected node.
 pub struct Node {
@@ -51,7 +48,10 @@ impl Node {
     /// `binary` is the `driftguard` executable. The containerd and runc versions come from
     /// `DG_CONTAINERD` and `DG_RUNC` as for the plain runtime.
     pub fn start(binary: &Path, policy: &str) -> Result<Node> {
-        let dev_dir = std::env::var("DG_NODE_DEV_DIR").unwrap_or_else(|_| NODE_DEV_DIR.into());
+        let dev_dir = std::env::var("DG_NODE_DEV_DIR").unwrap_or_else(|_| {
+            let root = std::env::var("DG_DEV_ROOT").unwrap_or_else(|_| "/var/lib".into());
+            format!("{root}/driftguard-dev-node")
+        });
         let ctd = std::env::var("DG_CONTAINERD").unwrap_or_else(|_| "2.1.9".into());
         let dir = Path::new(&dev_dir).join(format!("ctd-{ctd}/node"));
         fs::create_dir_all(dir.join("state"))?;

@@ -11,10 +11,16 @@ use driftguard_testkit::images::BUSYBOX;
 use driftguard_testkit::runtime::runtime_sh;
 use driftguard_testkit::{ContainerSpec, PodSpec, Runtime};
 
-const DEV_DIR: &str = "/var/lib/driftguard-dev-lifecycle";
+fn dev_dir() -> &'static str {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::var("DG_DEV_ROOT").unwrap_or_else(|_| "/var/lib".into());
+        format!("{root}/driftguard-dev-lifecycle")
+    })
+}
 
 fn env() -> [(&'static str, &'static str); 1] {
-    [("DG_DEV_DIR", DEV_DIR)]
+    [("DG_DEV_DIR", dev_dir())]
 }
 
 fn containerd_pid() -> Option<u32> {
@@ -102,11 +108,11 @@ fn up_is_idempotent_survives_a_crash_and_down_cleans_everything() {
     // Crash again with pods running; `down` must clean up after it.
     kill9(second);
     assert!(
-        !mounts_below(DEV_DIR).is_empty(),
+        !mounts_below(dev_dir()).is_empty(),
         "pods should have left mounts behind"
     );
     runtime_sh(&["down"], &env()).unwrap();
-    assert_eq!(mounts_below(DEV_DIR), Vec::<String>::new());
+    assert_eq!(mounts_below(dev_dir()), Vec::<String>::new());
     let socket = rt.cri_socket.display().to_string();
     assert_eq!(processes_mentioning(&socket), Vec::<String>::new());
     assert!(containerd_pid().is_none());
@@ -115,6 +121,6 @@ fn up_is_idempotent_survives_a_crash_and_down_cleans_everything() {
     // `down` twice is fine, and so is `purge`.
     runtime_sh(&["down"], &env()).unwrap();
     runtime_sh(&["purge"], &env()).unwrap();
-    let instance = Path::new(DEV_DIR).join(format!("ctd-{}", rt.containerd_version));
+    let instance = Path::new(dev_dir()).join(format!("ctd-{}", rt.containerd_version));
     assert!(!instance.exists(), "purge left {}", instance.display());
 }
