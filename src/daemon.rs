@@ -257,23 +257,12 @@ struct MeteredDecider {
 }
 
 impl Decider for MeteredDecider {
-    fn decide(&self, scope: &Scope, facts: &ExecFacts<'_>) -> driftguard_seccomp::Decision {
+    fn decide(&self, scope: &Scope, facts: &ExecFacts<'_>) -> driftguard_policy::Decision {
         let started = Instant::now();
         self.metrics.exec_seen();
-        let facts = driftguard_policy::ExecFacts {
-            class: facts.class,
-            path: facts.path,
-            hash: facts.hash,
-            on_volume: facts.on_volume,
-        };
-        let decision = self.store.current().decide(scope, &facts);
+        let decision = self.store.current().decide(scope, facts);
         self.metrics.record_decision(&decision, started.elapsed());
-        driftguard_seccomp::Decision {
-            rule: decision.rule,
-            action: decision.action,
-            outcome: decision.outcome,
-            allow_listed: decision.allow_listed,
-        }
+        decision
     }
 
     fn failure_policy(&self) -> FailurePolicy {

@@ -14,20 +14,7 @@ use crate::decide::{Decider, Decision, ExecFacts, ImageSource};
 
 impl Decider for PolicyStore {
     fn decide(&self, scope: &Scope, facts: &ExecFacts<'_>) -> Decision {
-        let policy = self.current();
-        let facts = driftguard_policy::ExecFacts {
-            class: facts.class,
-            path: facts.path,
-            hash: facts.hash,
-            on_volume: facts.on_volume,
-        };
-        let decision = policy.decide(scope, &facts);
-        Decision {
-            rule: decision.rule,
-            action: decision.action,
-            outcome: decision.outcome,
-            allow_listed: decision.allow_listed,
-        }
+        self.current().decide(scope, facts)
     }
 
     fn failure_policy(&self) -> FailurePolicy {

@@ -13,31 +13,9 @@ use serde::Serialize;
 
 use crate::classify::ImageLookup;
 
-/// Facts about one exec, as the supervisor established them.
-#[derive(Debug, Clone, Copy)]
-pub struct ExecFacts<'a> {
-    /// The verdict class.
-    pub class: VerdictClass,
-    /// Resolved path inside the container.
-    pub path: &'a str,
-    /// BLAKE3 of the file, when computed.
-    pub hash: Option<[u8; 32]>,
-    /// The file is on a volume, tmpfs or other mount rather than the rootfs.
-    pub on_volume: bool,
-}
-
-/// The policy's answer for one exec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// Name of the matched rule.
-    pub rule: String,
-    /// The rule's action.
-    pub action: Action,
-    /// Allow, alert or deny.
-    pub outcome: Outcome,
-    /// The rule's allow list exempted the exec.
-    pub allow_listed: bool,
-}
+/// Facts about one exec and the policy's answer are the policy crate's own types, so the
+/// supervisor and the policy can never disagree on their meaning.
+pub use driftguard_policy::{Decision, ExecFacts};
 
 /// Turns facts into a decision (implemented for the policy store).
 pub trait Decider: Send + Sync + 'static {
