@@ -28,12 +28,22 @@ fn pid_ns(pid: i32) -> Option<u64> {
     text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// Whether a `wchan` symbol names [`WAIT_CHANNEL`]: the compiler may have cloned the function
+/// under a suffixed name (`seccomp_do_user_notification.isra.0`, `.constprop.0`, ...).
+fn is_wait_channel(wchan: &str) -> bool {
+    let wchan = wchan.trim();
+    wchan == WAIT_CHANNEL
+        || wchan
+            .strip_prefix(WAIT_CHANNEL)
+            .is_some_and(|suffix| suffix.starts_with('.'))
+}
+
 fn waiting_in_notification(pid: i32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     tasks.flatten().any(|task| {
-        std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w.trim() == WAIT_CHANNEL)
+        std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| is_wait_channel(&w))
     })
 }
 
@@ -85,4 +95,19 @@ pub fn kick_waiting_execs(init_pid: i32) -> usize {
         );
     }
     kicked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_channel_matches_compiler_clones_only() {
+        assert!(is_wait_channel("seccomp_do_user_notification"));
+        assert!(is_wait_channel("seccomp_do_user_notification.isra.0\n"));
+        assert!(is_wait_channel("seccomp_do_user_notification.constprop.0"));
+        assert!(!is_wait_channel("seccomp_do_user_notification_x"));
+        assert!(!is_wait_channel("do_wait"));
+        assert!(!is_wait_channel("0"));
+    }
 }
