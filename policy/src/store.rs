@@ -5,11 +5,11 @@
 //! watches the policy file's parent directory (inotify through `notify`), which catches both
 //! the Kubernetes ConfigMap pattern (the file is a symlink through `..data`, and an update
 //! atomically replaces the `..data` symlink) and editors that write a new file and rename it
-//! over the old one. After a burst of events settles (50 ms) the file is read again through
-//! its symlinks; if its content changed, it is parsed, and a valid version replaces the
-//! current one. An invalid version is logged with file, line and column, counted, and
-//! ignored: the old policy stays in force. A slow periodic check (every 5 s) covers events
-//! the kernel dropped.
+//! over the old one. After a burst of events settles (50 ms of quiet, or 250 ms at most while
+//! other files in the directory keep changing) the file is read again through its symlinks;
+//! if its content changed, it is parsed, and a valid version replaces the current one. An
+//! invalid version is logged with file, line and column, counted, and ignored: the old policy
+//! stays in force. A slow periodic check (every 5 s) covers events the kernel dropped.
 //!
 //! Limits: if the parent directory itself is deleted and recreated, inotify events stop and
 //! only the periodic check notices the new file.
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
@@ -32,6 +32,8 @@ use crate::policy::Policy;
 
 /// How long the watcher waits for a burst of file events to settle.
 const SETTLE: Duration = Duration::from_millis(50);
+/// The longest the watcher lets a stream of events postpone reading the file.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
 /// How often the watcher re-reads the file when no event arrives.
 const POLL: Duration = Duration::from_secs(5);
 
@@ -244,9 +246,16 @@ impl WatchState {
         loop {
             match rx.recv_timeout(POLL) {
                 Ok(Wake::Event) => {
-                    // Let the burst of a rename or symlink swap settle, then read once.
+                    // Let the burst of a rename or symlink swap settle, then read once. Other
+                    // files written steadily in the same directory must not postpone the read
+                    // forever, so the settling ends after MAX_SETTLE whatever happens.
+                    let settled_by = Instant::now() + MAX_SETTLE;
                     loop {
-                        match rx.recv_timeout(SETTLE) {
+                        let wait = SETTLE.min(settled_by.saturating_duration_since(Instant::now()));
+                        if wait.is_zero() {
+                            break;
+                        }
+                        match rx.recv_timeout(wait) {
                             Ok(Wake::Event) => continue,
                             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                             Err(RecvTimeoutError::Timeout) => break,
