@@ -95,3 +95,124 @@ fn a_misspelt_key_is_reported_with_its_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enabeld") && err.contains("line 3"), "{err}");
 }
+
+/// Parses one YAML file of `contrib/kubernetes` into JSON values, one per `---` document.
+fn manifests(name: &str) -> Vec<serde_json::Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/kubernetes")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("read manifest");
+    let mut docs = Vec::new();
+    for (i, doc) in text.split("\n---\n").enumerate() {
+        let value: serde_json::Value = serde_saphyr::from_str(doc)
+            .unwrap_or_else(|e| panic!("{} document {}: {e}", path.display(), i + 1));
+        assert!(
+            value["apiVersion"].is_string(),
+            "{name} #{i}: no apiVersion"
+        );
+        assert!(value["kind"].is_string(), "{name} #{i}: no kind");
+        docs.push(value);
+    }
+    docs
+}
+
+fn str_at<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_configmap_holds_a_valid_config_and_the_default_policy() {
+    let cm = &manifests("configmap.yaml")[0];
+    assert_eq!(cm["kind"], "ConfigMap");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&config, str_at(cm, "/data/config.yaml")).expect("write");
+    std::fs::write(&policy, str_at(cm, "/data/policy.yaml")).expect("write");
+    stdout_of(&["config", "check", config.to_str().expect("utf-8")]);
+    stdout_of(&["policy", "validate", policy.to_str().expect("utf-8")]);
+
+    let default_policy =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contrib/policy/default.yaml");
+    let default_policy = std::fs::read_to_string(default_policy).expect("read default policy");
+    assert_eq!(str_at(cm, "/data/policy.yaml"), default_policy);
+    let shown = stdout_of(&["config", "show", config.to_str().expect("utf-8")]);
+    assert!(shown.contains("start_holder: false"), "{shown}");
+}
+
+/// Every mount names a volume of the pod; a host path shared with processes outside the pod
+/// (runc, containerd) is mounted at the same path.
+fn check_pod_mounts(name: &str, pod: &serde_json::Value) {
+    let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+    let containers = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod[*k].as_array().cloned().unwrap_or_default());
+    for container in containers {
+        for mount in container["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{name}: mount {} has no volume", mount["name"]));
+            let host = str_at(volume, "/hostPath/path");
+            let shared = [
+                "/run/driftguard",
+                "/var/run/nri",
+                "/run/containerd",
+                "/var/lib/containerd",
+            ];
+            if shared.contains(&host) {
+                assert_eq!(
+                    mount["mountPath"], host,
+                    "{name}: {host} must keep its path"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kubernetes_daemonsets_mount_what_the_agent_needs_at_the_node_paths() {
+    let agent = &manifests("daemonset.yaml")[0];
+    let holder = &manifests("fd-holder.yaml")[0];
+    for (name, ds) in [("daemonset.yaml", agent), ("fd-holder.yaml", holder)] {
+        assert_eq!(ds["kind"], "DaemonSet", "{name}");
+        let pod = &ds["spec"]["template"]["spec"];
+        check_pod_mounts(name, pod);
+        assert_eq!(
+            str_at(
+                ds,
+                "/spec/template/metadata/annotations/driftguard.dev~1monitored"
+            ),
+            "false",
+            "{name}: must start while the supervisor is down"
+        );
+    }
+    let pod = &agent["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true);
+    let mounts: Vec<&str> = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap_or_default())
+        .collect();
+    for needed in [
+        "/etc/driftguard",
+        "/run/driftguard",
+        "/var/lib/driftguard",
+        "/var/run/nri",
+        "/run/containerd",
+        "/var/lib/containerd",
+    ] {
+        assert!(mounts.contains(&needed), "daemonset.yaml lacks {needed}");
+    }
+    assert_eq!(holder["spec"]["updateStrategy"]["type"], "OnDelete");
+    let admission = manifests("admission.yaml");
+    assert_eq!(admission.len(), 2);
+    assert!(manifests("namespace.yaml")[0]["kind"] == "Namespace");
+}

@@ -78,6 +78,7 @@ TOML
     expect "$out" "$nri" 'plugin_path = "/opt/nri/plugins"' "$what"
     expect "$out" "$nri" 'plugin_config_path = "/etc/nri/conf.d"' "$what"
     expect "$out" "$runc" 'runtime_type = "io.containerd.runc.v2"' "$what"
+    expect "$out" "$runc" 'pod_annotations = ["driftguard.dev/monitored"]' "$what"
     expect "$out" "$opts" 'BinaryName = "/usr/local/bin/driftguard-runc"' "$what"
     expect "$out" "$opts" 'SystemdCgroup = true' "$what"
     if [ "$mode" = import ]; then
