@@ -6,10 +6,12 @@
 //! Runs on a private containerd instance of its own (`DG_DEV_DIR=/var/lib/driftguard-dev-prereg`)
 //! because containerd launches pre-registered plugins only at its start: the plugin and its
 //! configuration are put in place before `up`, and the instance is taken down at the end.
-//! Checked: containerd reports the plugin registered, the plugin logs its configuration and
-//! synchronization; a new container's
-//! `config.json` carries the identity annotations with the cluster from the conf.d document and
-//! the rule from the policy file it names; a policy edit is picked up by the running plugin.
+//! Checked: containerd reports the plugin registered; the plugin logs its registration and
+//! configuration to its state directory; a new container's `config.json` carries the identity
+//! annotations with the cluster from the conf.d document and the rule from the policy file it
+//! names; a policy edit is picked up by the running plugin. Synchronization is not required:
+//! containerd 1.7.24 sent none to the plugin at its start (no pods existed), 2.1.9 did.
+//! `DG_CONTAINERD=1.7.24` runs it against containerd 1.7.24.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,12 +162,6 @@ fn containerd_launches_the_preregistered_plugin_with_its_conf_d_configuration() 
         &plugin_log,
         0,
         "registered with the runtime",
-        Duration::from_secs(10),
-    )?;
-    wait_for_text(
-        &plugin_log,
-        0,
-        "nri plugin synchronized",
         Duration::from_secs(10),
     )?;
 
