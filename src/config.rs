@@ -35,6 +35,10 @@ pub struct Config {
     pub start_holder: bool,
     /// Longest exec decision in milliseconds before the failure policy answers.
     pub decision_timeout_ms: u64,
+    /// Namespaces whose containers never get the exec filter, whatever the policy: driftguard's
+    /// own, so that its pods can start while the supervisor is down (after a node reboot, with
+    /// the failure policy `closed`, nothing else could start them).
+    pub exempt_namespaces: Vec<String>,
     /// NRI plugin settings.
     pub nri: NriConfig,
     /// The real runc the wrapper executes.
@@ -92,6 +96,7 @@ impl Default for Config {
             holder_socket: "/run/driftguard/fd-holder.sock".into(),
             start_holder: true,
             decision_timeout_ms: 2000,
+            exempt_namespaces: vec!["driftguard".into()],
             nri: NriConfig::default(),
             runc: RuncConfig::default(),
             alerts: AlertsSection::default(),

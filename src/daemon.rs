@@ -217,7 +217,8 @@ fn start_nri(
     })
 }
 
-async fn signal_to_cancel(cancel: CancellationToken) {
+/// Cancels `cancel` on SIGTERM or SIGINT.
+pub(crate) async fn signal_to_cancel(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -236,7 +237,7 @@ async fn signal_to_cancel(cancel: CancellationToken) {
 ///
 /// Every container is monitored (gets the notify filter) whatever its rule, so a later policy
 /// change reaches running containers; `ignore` is applied when an exec is decided.
-struct PolicyRules(PolicyStore);
+pub(crate) struct PolicyRules(pub(crate) PolicyStore);
 
 impl ContainerPolicy for PolicyRules {
     fn rule_for(&self, scope: &Scope) -> (String, Action) {

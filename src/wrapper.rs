@@ -9,9 +9,10 @@
 //!
 //! Which containers get the filter: all of them, whatever their rule, so a later policy change
 //! reaches running containers (`ignore` is applied when an exec is decided) — except pod
-//! sandboxes (the pause process never executes anything after its start), containers the NRI
-//! plugin marked `driftguard.dev/monitored: "false"`, and containers whose seccomp section the
-//! runtime already built with driftguard's listener (the native NRI path).
+//! sandboxes (the pause process never executes anything after its start), containers of the
+//! configured `exemptNamespaces` (driftguard's own pods must start while the supervisor is
+//! down), containers marked `driftguard.dev/monitored: "false"`, and containers whose seccomp
+//! section the runtime already built with driftguard's listener (the native NRI path).
 //!
 //! When the supervisor socket does not answer, the failure policy of the policy file decides:
 //! `closed` (the default) refuses the container, since runc would fail anyway; `open` starts
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use driftguard_policy::scope::{ANN_MONITORED, CRI_CONTAINER_TYPE};
+use driftguard_policy::scope::{ANN_MONITORED, CRI_CONTAINER_TYPE, CRI_SANDBOX_NAMESPACE};
 use driftguard_policy::{FailurePolicy, Policy};
 use driftguard_seccomp::oci::{merge_into_config, ListenerTarget};
 use serde_json::Value;
@@ -94,10 +95,14 @@ fn bundle_arg(args: &[OsString]) -> Option<PathBuf> {
 }
 
 /// Why a container is left without the filter, or `None` when it gets it.
-pub fn skip_reason(config: &Value, listener: &str) -> Option<&'static str> {
+pub fn skip_reason(config: &Value, listener: &str, exempt: &[String]) -> Option<&'static str> {
     let annotation = |key: &str| config.pointer("/annotations").and_then(|a| a.get(key));
     if annotation(CRI_CONTAINER_TYPE).and_then(Value::as_str) == Some("sandbox") {
         return Some("pod sandbox");
+    }
+    let namespace = annotation(CRI_SANDBOX_NAMESPACE).and_then(Value::as_str);
+    if namespace.is_some_and(|ns| exempt.iter().any(|e| e == ns)) {
+        return Some("exempt namespace");
     }
     if annotation(ANN_MONITORED).and_then(Value::as_str) == Some("false") {
         return Some("not monitored by policy");
@@ -152,7 +157,7 @@ fn prepare_bundle(config: &Config, bundle: &Path) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if let Some(reason) = skip_reason(&spec, &listener) {
+    if let Some(reason) = skip_reason(&spec, &listener, &config.exempt_namespaces) {
         info!(container_id = %id, reason, "container left without the exec filter");
         return Ok(());
     }
@@ -285,13 +290,23 @@ mod tests {
 
     #[test]
     fn sandboxes_and_unmonitored_and_injected_containers_are_skipped() {
+        let exempt = vec!["driftguard".to_string()];
         let sandbox = serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: "sandbox"}});
-        assert_eq!(skip_reason(&sandbox, "/s.sock"), Some("pod sandbox"));
+        assert_eq!(
+            skip_reason(&sandbox, "/s.sock", &exempt),
+            Some("pod sandbox")
+        );
         let off = serde_json::json!({"annotations": {ANN_MONITORED: "false"}});
-        assert!(skip_reason(&off, "/s.sock").is_some());
+        assert!(skip_reason(&off, "/s.sock", &exempt).is_some());
         let native = serde_json::json!({"linux": {"seccomp": {"listenerPath": "/s.sock"}}});
-        assert!(skip_reason(&native, "/s.sock").is_some());
-        let app = serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: "container"}});
-        assert_eq!(skip_reason(&app, "/s.sock"), None);
+        assert!(skip_reason(&native, "/s.sock", &exempt).is_some());
+        let own = serde_json::json!({"annotations": {CRI_SANDBOX_NAMESPACE: "driftguard"}});
+        assert_eq!(
+            skip_reason(&own, "/s.sock", &exempt),
+            Some("exempt namespace")
+        );
+        let app = serde_json::json!({"annotations": {
+            CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_NAMESPACE: "shop"}});
+        assert_eq!(skip_reason(&app, "/s.sock", &exempt), None);
     }
 }

@@ -31,9 +31,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use driftguard_nri::{Action, ConfigureHook, NoHooks, Plugin, PluginConfig, Scope};
+use driftguard_nri::{ConfigureHook, NoHooks, Plugin, PluginConfig};
 use driftguard_policy::{Policy, PolicyStore, PolicyWatcher};
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -117,7 +116,7 @@ pub fn run(args: NriPluginArgs) -> anyhow::Result<ExitCode> {
 async fn run_external(config: Config) -> anyhow::Result<()> {
     let plugin = new_plugin(Ok(config.clone()), None);
     let cancel = plugin.cancel_token();
-    tokio::spawn(cancel_on_signal(cancel));
+    tokio::spawn(crate::daemon::signal_to_cancel(cancel));
     info!(socket = %config.nri.socket.display(), "driftguard nri plugin starting");
     let (name, idx) = (&config.nri.plugin_name, &config.nri.plugin_index);
     plugin.run_external(&config.nri.socket, name, idx).await?;
@@ -151,7 +150,7 @@ pub fn run_launched(explicit: Option<PathBuf>) -> ExitCode {
 
 async fn serve_launched(fallback: anyhow::Result<Config>, log: PluginLog) -> ExitCode {
     let plugin = new_plugin(fallback.map_err(|e| format!("{e:#}")), Some(log));
-    tokio::spawn(cancel_on_signal(plugin.cancel_token()));
+    tokio::spawn(crate::daemon::signal_to_cancel(plugin.cancel_token()));
     info!(
         pid = std::process::id(),
         "driftguard nri plugin launched by the runtime"
@@ -177,7 +176,7 @@ fn new_plugin(fallback: Result<Config, String>, log: Option<PluginLog>) -> Plugi
             cluster,
             ..PluginConfig::default()
         },
-        Arc::new(PolicyRules(store.clone())),
+        Arc::new(crate::daemon::PolicyRules(store.clone())),
         Arc::new(NoHooks),
     );
     plugin.set_configure_hook(Arc::new(FromConfig {
@@ -187,22 +186,6 @@ fn new_plugin(fallback: Result<Config, String>, log: Option<PluginLog>) -> Plugi
         log,
     }));
     plugin
-}
-
-async fn cancel_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    info!("shutting down");
-    cancel.cancel();
 }
 
 /// Reads the configuration at Configure: the runtime's document when it is not empty, else the
@@ -252,22 +235,6 @@ impl ConfigureHook for FromConfig {
             listener_path: config.nri.native_seccomp.then_some(listener),
             ..current.clone()
         })
-    }
-}
-
-/// The policy question, answered from the live policy; every container is monitored so a later
-/// policy change reaches running containers (as in the daemon).
-struct PolicyRules(PolicyStore);
-
-impl driftguard_nri::ContainerPolicy for PolicyRules {
-    fn rule_for(&self, scope: &Scope) -> (String, Action) {
-        let policy = self.0.current();
-        let rule = policy.evaluate(scope);
-        (rule.name.clone(), rule.action)
-    }
-
-    fn monitored(&self, _scope: &Scope) -> bool {
-        true
     }
 }
 
@@ -382,8 +349,11 @@ mod tests {
         let out = hook.configure(&doc, &PluginConfig::default()).unwrap();
         assert_eq!(out.cluster, "conf-d");
         assert_eq!(out.listener_path, None);
-        let rules = PolicyRules(hook.store.clone());
-        assert_eq!(rules.rule_for(&Scope::default()).0, "everything");
+        let rules = crate::daemon::PolicyRules(hook.store.clone());
+        assert_eq!(
+            rules.rule_for(&driftguard_nri::Scope::default()).0,
+            "everything"
+        );
 
         let err = hook
             .configure("clustr: x\n", &PluginConfig::default())
