@@ -9,9 +9,9 @@
 # instances down again with `runtime.sh down`. The report goes to stdout and to
 # $DG_BENCH_OUT (default <node instance>/bench-<UTC time>.md).
 #
-# The protected node's supervisor and fd holder sockets live at a fixed path below /run, shared
-# with any other protected test node of the same containerd version. The script therefore runs
-# itself in a private mount namespace with a tmpfs over that directory: the bench's daemon and
+# The protected node's supervisor and fd holder sockets live in a directory below /run that
+# test kits have shared between protected test nodes of one containerd version. The script
+# therefore runs itself in a private mount namespace with a tmpfs over that directory: the bench's daemon and
 # everything it starts (containerd, shims, runc) see only their own sockets, and the host's
 # directory is left alone. Copies of other instances' mounts are dropped from that namespace so
 # it never keeps their filesystems busy.
@@ -28,7 +28,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 export DG_CONTAINERD=${DG_CONTAINERD:-2.1.9}
 NODE_DIR=${DG_BENCH_NODE_DIR:-/var/lib/driftguard-dev-bench}
 PLAIN_DIR=${DG_BENCH_PLAIN_DIR:-/var/lib/driftguard-dev-bench-plain}
-RUN_DIR=/run/driftguard-test-$DG_CONTAINERD
+# Socket directories a protected node may use: the shared test one and the per-instance one.
+RUN_DIRS="/run/driftguard-test-$DG_CONTAINERD /run/$(basename "$NODE_DIR")-$DG_CONTAINERD"
 
 log() { printf 'e2e.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -36,7 +37,8 @@ die() { log "error: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (containerd, overlay mounts and runc need it)"
 
 if [ -z "${DG_BENCH_PRIVATE_NS:-}" ]; then
-    mkdir -p "$RUN_DIR"
+    # shellcheck disable=SC2086
+    mkdir -p $RUN_DIRS
     exec unshare --mount --propagation private env DG_BENCH_PRIVATE_NS=1 "$0" "$@"
 fi
 
@@ -49,7 +51,9 @@ for m in $(awk '{ print $5 }' /proc/self/mountinfo | grep '^/var/lib/driftguard-
         *) umount -l "$m" 2>/dev/null || true ;;
     esac
 done
-mount -t tmpfs -o mode=0700,size=16m driftguard-bench "$RUN_DIR" || die "cannot mount a tmpfs on $RUN_DIR"
+for d in $RUN_DIRS; do
+    mount -t tmpfs -o mode=0700,size=16m driftguard-bench "$d" || die "cannot mount a tmpfs on $d"
+done
 
 down() {
     log "taking both instances down"

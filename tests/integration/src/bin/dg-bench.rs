@@ -18,9 +18,9 @@
 //! first, so slow phases of a shared machine hit both sides alike. Warm-up rounds (page cache,
 //! image index, verdict cache) are discarded: the exec figures are for cached verdicts.
 //!
-//! The protected node's supervisor and fd holder sockets live at a fixed path below `/run`;
-//! the bench therefore refuses to run in the host's mount namespace unless told to, and
-//! `contrib/bench/e2e.sh` gives it a private mount namespace with its own `/run` directory.
+//! Protected test nodes have shared one socket directory below `/run` per containerd version;
+//! the bench refuses to run unless that directory is a tmpfs private to its mount namespace
+//! (`contrib/bench/e2e.sh` sets this up) or it is told `--shared-mount-namespace`.
 //!
 //! Limits: p99 of `--pods` samples is close to the maximum for small counts; the exec timer
 //! is the wall clock (`CLOCK_REALTIME`), which a clock step during the run would distort.
@@ -56,10 +56,10 @@ struct Args {
     #[arg(long)]
     driftguard: PathBuf,
     /// Pods started (and removed) on each runtime for the pod start figures.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 100)]
     pods: usize,
     /// Exec rounds on each runtime (one ExecSync each).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 40)]
     exec_rounds: usize,
     /// Timed execs per round.
     #[arg(long, default_value_t = 250)]
@@ -94,10 +94,11 @@ struct PodStart {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !args.shared_mount_namespace && same_mount_namespace_as_init()? {
+    if !args.shared_mount_namespace && !private_socket_dir()? {
         bail!(
-            "dg-bench runs in the host's mount namespace; run it through contrib/bench/e2e.sh \
-             (private /run for the node's sockets) or pass --shared-mount-namespace"
+            "the protected node's socket directory below /run is not private to this mount \
+             namespace; run dg-bench through contrib/bench/e2e.sh or pass \
+             --shared-mount-namespace"
         );
     }
     // Single-threaded at this point: nothing else reads the environment yet.
@@ -140,10 +141,18 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn same_mount_namespace_as_init() -> Result<bool> {
-    let own = std::fs::read_link("/proc/self/ns/mnt")?;
-    let init = std::fs::read_link("/proc/1/ns/mnt")?;
-    Ok(own == init)
+/// Whether the shared socket directory of protected test nodes is a tmpfs of this mount
+/// namespace alone (as `contrib/bench/e2e.sh` sets it up).
+fn private_socket_dir() -> Result<bool> {
+    let ctd = std::env::var("DG_CONTAINERD").unwrap_or_else(|_| "2.1.9".into());
+    let dir = format!("/run/driftguard-test-{ctd}");
+    let mountinfo = read_trimmed("/proc/self/mountinfo")?;
+    Ok(mountinfo.lines().any(|line| {
+        let mut halves = line.split(" - ");
+        let target = halves.next().and_then(|l| l.split(' ').nth(4));
+        let fstype = halves.next().and_then(|r| r.split(' ').next());
+        target == Some(dir.as_str()) && fstype == Some("tmpfs")
+    }))
 }
 
 fn read_trimmed(path: &str) -> Result<String> {
