@@ -11,8 +11,13 @@
 //! reaches running containers (`ignore` is applied when an exec is decided) — except pod
 //! sandboxes (the pause process never executes anything after its start), containers of the
 //! configured `exemptNamespaces` (driftguard's own pods must start while the supervisor is
-//! down), containers marked `driftguard.dev/monitored: "false"`, and containers whose seccomp
-//! section the runtime already built with driftguard's listener (the native NRI path).
+//! down; whoever may create pods in an exempt namespace is as privileged as driftguard itself),
+//! and containers whose seccomp section the runtime already built with driftguard's listener
+//! (the native NRI path).
+//!
+//! No annotation opts a container out: annotations in `config.json` are not authenticated (a
+//! runtime configured with `pod_annotations` copies them from the pod), so
+//! `driftguard.dev/monitored`, written by the NRI plugin for information, is never read here.
 //!
 //! When the supervisor socket does not answer, the failure policy of the policy file decides:
 //! `closed` (the default) refuses the container, since runc would fail anyway; `open` starts
@@ -31,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use driftguard_policy::scope::{ANN_MONITORED, CRI_CONTAINER_TYPE, CRI_SANDBOX_NAMESPACE};
+use driftguard_policy::scope::{CRI_CONTAINER_TYPE, CRI_SANDBOX_NAMESPACE};
 use driftguard_policy::{FailurePolicy, Policy};
 use driftguard_seccomp::oci::{merge_into_config, ListenerTarget};
 use serde_json::Value;
@@ -103,9 +108,6 @@ pub fn skip_reason(config: &Value, listener: &str, exempt: &[String]) -> Option<
     let namespace = annotation(CRI_SANDBOX_NAMESPACE).and_then(Value::as_str);
     if namespace.is_some_and(|ns| exempt.iter().any(|e| e == ns)) {
         return Some("exempt namespace");
-    }
-    if annotation(ANN_MONITORED).and_then(Value::as_str) == Some("false") {
-        return Some("not monitored by policy");
     }
     let current = config
         .pointer("/linux/seccomp/listenerPath")
@@ -247,6 +249,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use driftguard_policy::scope::ANN_MONITORED;
 
     fn call(args: &[&str]) -> RuncCall {
         parse_call(&args.iter().map(OsString::from).collect::<Vec<_>>())
@@ -289,15 +292,13 @@ mod tests {
     }
 
     #[test]
-    fn sandboxes_and_unmonitored_and_injected_containers_are_skipped() {
+    fn sandboxes_and_exempt_and_injected_containers_are_skipped() {
         let exempt = vec!["driftguard".to_string()];
         let sandbox = serde_json::json!({"annotations": {CRI_CONTAINER_TYPE: "sandbox"}});
         assert_eq!(
             skip_reason(&sandbox, "/s.sock", &exempt),
             Some("pod sandbox")
         );
-        let off = serde_json::json!({"annotations": {ANN_MONITORED: "false"}});
-        assert!(skip_reason(&off, "/s.sock", &exempt).is_some());
         let native = serde_json::json!({"linux": {"seccomp": {"listenerPath": "/s.sock"}}});
         assert!(skip_reason(&native, "/s.sock", &exempt).is_some());
         let own = serde_json::json!({"annotations": {CRI_SANDBOX_NAMESPACE: "driftguard"}});
@@ -308,5 +309,17 @@ mod tests {
         let app = serde_json::json!({"annotations": {
             CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_NAMESPACE: "shop"}});
         assert_eq!(skip_reason(&app, "/s.sock", &exempt), None);
+    }
+
+    #[test]
+    fn a_monitored_false_annotation_does_not_opt_out() {
+        let exempt = vec!["driftguard".to_string()];
+        let opt_out = serde_json::json!({"annotations": {
+            CRI_CONTAINER_TYPE: "container",
+            CRI_SANDBOX_NAMESPACE: "shop",
+            ANN_MONITORED: "false"}});
+        assert_eq!(skip_reason(&opt_out, "/s.sock", &exempt), None);
+        let bare = serde_json::json!({"annotations": {ANN_MONITORED: "false"}});
+        assert_eq!(skip_reason(&bare, "/s.sock", &exempt), None);
     }
 }

@@ -140,6 +140,22 @@ fn kubernetes_configmap_holds_a_valid_config_and_the_default_policy() {
     assert_eq!(str_at(cm, "/data/policy.yaml"), default_policy);
     let shown = stdout_of(&["config", "show", config.to_str().expect("utf-8")]);
     assert!(shown.contains("start_holder: false"), "{shown}");
+    assert!(
+        exempt_namespaces(&shown).contains(&"driftguard".to_string()),
+        "the ConfigMap's config must exempt the driftguard namespace: {shown}"
+    );
+}
+
+/// The `exempt_namespaces` list of a `config show` output (the Debug form of the config).
+fn exempt_namespaces(shown: &str) -> Vec<String> {
+    let (_, rest) = shown
+        .split_once("exempt_namespaces: [")
+        .unwrap_or_else(|| panic!("no exempt_namespaces in: {shown}"));
+    let (list, _) = rest.split_once(']').expect("end of exempt_namespaces");
+    list.split(',')
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Every mount names a volume of the pod; a host path shared with processes outside the pod
@@ -184,13 +200,17 @@ fn kubernetes_daemonsets_mount_what_the_agent_needs_at_the_node_paths() {
         assert_eq!(ds["kind"], "DaemonSet", "{name}");
         let pod = &ds["spec"]["template"]["spec"];
         check_pod_mounts(name, pod);
+        // The wrapper starts only exempt namespaces' pods while the supervisor is down; no
+        // annotation opts a pod out.
         assert_eq!(
-            str_at(
-                ds,
-                "/spec/template/metadata/annotations/driftguard.dev~1monitored"
-            ),
-            "false",
-            "{name}: must start while the supervisor is down"
+            str_at(ds, "/metadata/namespace"),
+            "driftguard",
+            "{name}: must run in the exempt namespace driftguard"
+        );
+        let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+        assert!(
+            annotations.get("driftguard.dev/monitored").is_none(),
+            "{name}: driftguard.dev/monitored is no opt-out"
         );
     }
     let pod = &agent["spec"]["template"]["spec"];
@@ -212,7 +232,9 @@ fn kubernetes_daemonsets_mount_what_the_agent_needs_at_the_node_paths() {
         assert!(mounts.contains(&needed), "daemonset.yaml lacks {needed}");
     }
     assert_eq!(holder["spec"]["updateStrategy"]["type"], "OnDelete");
-    let admission = manifests("admission.yaml");
-    assert_eq!(admission.len(), 2);
-    assert!(manifests("namespace.yaml")[0]["kind"] == "Namespace");
+    let namespace = &manifests("namespace.yaml")[0];
+    assert_eq!(namespace["kind"], "Namespace");
+    assert_eq!(str_at(namespace, "/metadata/name"), "driftguard");
+    let cm = &manifests("configmap.yaml")[0];
+    assert_eq!(str_at(cm, "/metadata/namespace"), "driftguard");
 }

@@ -12,7 +12,8 @@
 #      options (Root, NoPivotRoot), as a drop-in file would be.
 # Each run must succeed without "unknown key" warnings, and the effective configuration must
 # show NRI enabled on /var/run/nri/nri.sock with /opt/nri/plugins, and the runc runtime's
-# BinaryName = /usr/local/bin/driftguard-runc. The import run also records how containerd
+# BinaryName = /usr/local/bin/driftguard-runc, and no pod_annotations entry passing a pod's
+# driftguard.dev/* annotations into config.json. The import run also records how containerd
 # merged the main file's runc options with the snippet's (the snippets' comments state it).
 set -euo pipefail
 
@@ -78,7 +79,9 @@ TOML
     expect "$out" "$nri" 'plugin_path = "/opt/nri/plugins"' "$what"
     expect "$out" "$nri" 'plugin_config_path = "/etc/nri/conf.d"' "$what"
     expect "$out" "$runc" 'runtime_type = "io.containerd.runc.v2"' "$what"
-    expect "$out" "$runc" 'pod_annotations = ["driftguard.dev/monitored"]' "$what"
+    if section "$out" "$runc" | grep -q '^pod_annotations = .*driftguard\.dev/'; then
+        fail "$what: pod_annotations passes driftguard.dev/* annotations from the pod"
+    fi
     expect "$out" "$opts" 'BinaryName = "/usr/local/bin/driftguard-runc"' "$what"
     expect "$out" "$opts" 'SystemdCgroup = true' "$what"
     if [ "$mode" = import ]; then

@@ -4,8 +4,9 @@
 //! Annotations added to every container: [`driftguard_policy::Scope::to_annotations`] (cluster,
 //! namespace, pod name, pod uid, pod labels, container name, image name), the matched rule
 //! (`driftguard.dev/rule`), whether it is monitored (`driftguard.dev/monitored`), and how exec
-//! notification is injected ([`ANN_SECCOMP_PATH`]). The runc wrapper and the supervisor read
-//! them from `config.json` and from runc's container state.
+//! notification is injected ([`ANN_SECCOMP_PATH`]). The supervisor reads the identity from
+//! runc's container state. `driftguard.dev/monitored` is information only: annotations in
+//! `config.json` may come from the pod, so the runc wrapper never reads it as an opt-out.
 //!
 //! Invariant: pure and fast: no I/O, so it always fits the runtime's request deadline.
 

@@ -28,7 +28,8 @@ pub const ANN_CONTAINER_NAME: &str = "driftguard.dev/container-name";
 pub const ANN_IMAGE_NAME: &str = "driftguard.dev/image-name";
 /// Annotation: the rule that matched at creation (informational; decisions re-evaluate).
 pub const ANN_RULE: &str = "driftguard.dev/rule";
-/// Annotation: `"true"` when driftguard monitors the container.
+/// Annotation: `"true"` when the NRI plugin asked for the container to be monitored.
+/// Information only: it may come from the pod, so no component reads it as an opt-out.
 pub const ANN_MONITORED: &str = "driftguard.dev/monitored";
 
 /// CRI annotation (set by containerd) with the pod's namespace.
