@@ -82,13 +82,16 @@ impl Scope {
 
     /// Rebuilds a scope from a container's annotations.
     ///
-    /// driftguard's own annotations win; the CRI annotations fill what they lack. Returns the
-    /// scope and whether driftguard's annotations were present (a container the NRI plugin saw).
+    /// The CRI annotations, which containerd itself writes, win for the fields they carry
+    /// (namespace, pod, container, image): a pod cannot claim another namespace through an
+    /// annotation of driftguard's name even where the runtime passes pod annotations on.
+    /// driftguard's annotations fill what CRI lacks (cluster, pod labels) or where the runtime
+    /// is not CRI. Returns the scope and whether driftguard's annotations were present (a
+    /// container the NRI plugin saw).
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (Scope, bool) {
         let get = |ours: &str, cri: Option<&str>| {
-            annotations
-                .get(ours)
-                .or_else(|| cri.and_then(|k| annotations.get(k)))
+            cri.and_then(|k| annotations.get(k))
+                .or_else(|| annotations.get(ours))
                 .cloned()
                 .unwrap_or_default()
         };
@@ -139,6 +142,21 @@ mod tests {
         let (back, ours) = Scope::from_annotations(&scope.to_annotations());
         assert!(ours);
         assert_eq!(back, scope);
+    }
+
+    #[test]
+    fn cri_annotations_win_over_ours_for_identity() {
+        let mut ann = Scope {
+            namespace: "kube-system".into(),
+            pod_name: "spoofed".into(),
+            ..Scope::default()
+        }
+        .to_annotations();
+        ann.insert(CRI_SANDBOX_NAMESPACE.into(), "tenant".into());
+        ann.insert(CRI_SANDBOX_NAME.into(), "real".into());
+        let (scope, _) = Scope::from_annotations(&ann);
+        assert_eq!(scope.namespace, "tenant");
+        assert_eq!(scope.pod_name, "real");
     }
 
     #[test]
