@@ -124,19 +124,14 @@ pub async fn assess(
     if !classify::is_regular(&opened.stat) {
         return Ok(Assessment::Errno(libc::EACCES));
     }
-    let root_dev = caller.root_dev().map_err(|source| AssessError::Io {
-        step: "stat of root",
-        pid,
-        source,
-    })?;
-    let (path, verdict) = classify_opened(container, root_dev, &opened).await?;
+    let (path, verdict) = classify_opened(container, &caller, pid, &opened).await?;
     if matches!(
         verdict.class,
         VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
     ) && classify::is_dynamic_loader(Path::new(&path))
     {
         let argv = target::read_argv(pid, argv_addr, abi);
-        if let Some(program) = loader_program_target(container, &caller, root_dev, &argv).await? {
+        if let Some(program) = loader_program_target(container, &caller, pid, &argv).await? {
             return Ok(Assessment::Target(program));
         }
     }
@@ -173,9 +168,13 @@ fn read_lookup(pid: u32, call: ExecCall) -> Result<(Lookup, u64), target::ReadEr
 }
 
 /// Classifies an opened regular file; returns its container path and verdict.
+///
+/// A cached verdict is answered before anything else is looked at: `fstat` of the caller's
+/// root (its device tells the rootfs from a volume) is only needed for a file not seen before.
 async fn classify_opened(
     container: &Arc<Container>,
-    root_dev: u64,
+    caller: &Caller,
+    pid: u32,
     opened: &Opened,
 ) -> Result<(String, Classified), AssessError> {
     let key = FileKey::of(&opened.stat);
@@ -202,6 +201,11 @@ async fn classify_opened(
     if let Some(hit) = container.cache.get(&key, &path) {
         return Ok((shown, hit));
     }
+    let root_dev = caller.root_dev().map_err(|source| AssessError::Io {
+        step: "stat of root",
+        pid,
+        source,
+    })?;
     let placement = match &container.layers {
         Some(layers) => classify::placement(layers, root_dev, &path, &opened.stat),
         None => Placement::Elsewhere,
@@ -267,7 +271,7 @@ async fn by_content(
 async fn loader_program_target(
     container: &Arc<Container>,
     caller: &Caller,
-    root_dev: u64,
+    pid: u32,
     argv: &[Vec<u8>],
 ) -> Result<Option<Target>, AssessError> {
     let Some(program) = classify::loader_program(argv) else {
@@ -279,7 +283,7 @@ async fn loader_program_target(
     if !classify::is_regular(&opened.stat) {
         return Ok(None);
     }
-    let (path, verdict) = classify_opened(container, root_dev, &opened).await?;
+    let (path, verdict) = classify_opened(container, caller, pid, &opened).await?;
     if matches!(
         verdict.class,
         VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
