@@ -185,7 +185,7 @@ fn pod_start_rounds(plain: &Cri, dg: &Cri, n: usize) -> Result<[Vec<PodStart>; 2
 const SIDES: [&str; 2] = ["plain", "driftguard"];
 
 fn order(round: usize) -> [usize; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [0, 1]
     } else {
         [1, 0]
@@ -492,13 +492,16 @@ fn utc_now() -> String {
         .unwrap_or_default()
 }
 
+/// A pod start milestone: its label and how to pick it.
+type Milestone = (&'static str, fn(&PodStart) -> Duration);
+
 fn pod_table(pods: &[Vec<PodStart>; 2], n: usize) -> String {
     let mut s = format!(
         "## pod start, {n} pods per runtime, interleaved (milestones from RunPodSandbox)\n\n\
          | milestone | plain p50 / p99 | driftguard p50 / p99 | ratio p50 / p99 |\n\
          |---|---|---|---|\n"
     );
-    let milestones: [(&str, fn(&PodStart) -> Duration); 4] = [
+    let milestones: [Milestone; 4] = [
         ("sandbox ready", |p| p.sandbox),
         ("container created", |p| p.created),
         ("container started", |p| p.started),
