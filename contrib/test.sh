@@ -47,7 +47,11 @@ cargo test --workspace -- --test-threads="${DG_TEST_THREADS:-2}"
 if [ "${DG_MATRIX:-1}" != 0 ]; then
     step "tests: containerd 1.7.24 + runc 1.1.5"
     DG_CONTAINERD=1.7.24 cargo test -p driftguard-testkit \
-        --test runtime_harness --test nri_plugin -- --test-threads=2
+        --test runtime_harness --test nri_plugin --test nri_preregistered --test image_index \
+        -- --test-threads=2
+    step "end-to-end scenarios 1, 2, 6, 13: containerd 1.7.24 + runc 1.3.6"
+    DG_CONTAINERD=1.7.24 DG_RUNC=1.3.6 cargo test -p driftguard --test e2e_scenarios -- \
+        scenario_01 scenario_02 scenario_06 scenario_13
     DG_CONTAINERD=1.7.24 contrib/dev/runtime.sh down
 fi
 

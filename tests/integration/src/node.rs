@@ -268,13 +268,12 @@ impl Node {
 /// The node's socket directory: one per instance and containerd version, so nodes in different
 /// instance directories never share sockets.
 fn run_dir(dev_dir: &str, ctd: &str) -> PathBuf {
-    let name = Path::new(dev_dir)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    PathBuf::from(format!(
-        "/run/{}-{ctd}",
-        name.unwrap_or_else(|| "driftguard-node".into())
-    ))
+    let name: String = dev_dir
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    PathBuf::from(format!("/run/dg-{name}-{ctd}"))
 }
 
 impl Drop for Node {
