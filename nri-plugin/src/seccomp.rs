@@ -140,19 +140,11 @@ pub fn oci_from_nri(policy: &LinuxSeccomp) -> Value {
 /// `syscalls`; `defaultErrnoRet` is not carried over. Empty fields are omitted as Go's
 /// `omitempty` does.
 pub fn runtime_applied_oci(policy: &LinuxSeccomp) -> Value {
-    let mut section = Map::new();
-    section.insert("defaultAction".into(), json!(policy.default_action));
-    insert_nonempty(&mut section, "architectures", json!(policy.architectures));
-    insert_nonempty(&mut section, "flags", json!(policy.flags));
-    insert_nonempty(&mut section, "listenerPath", json!(policy.listener_path));
-    insert_nonempty(
-        &mut section,
-        "listenerMetadata",
-        json!(policy.listener_metadata),
-    );
-    let syscalls: Vec<Value> = policy.syscalls.iter().map(syscall_to_oci).collect();
-    insert_nonempty(&mut section, "syscalls", Value::Array(syscalls));
-    Value::Object(section)
+    let mut section = oci_from_nri(policy);
+    if let Some(map) = section.as_object_mut() {
+        map.remove("defaultErrnoRet");
+    }
+    section
 }
 
 fn syscall_to_oci(syscall: &LinuxSyscall) -> Value {
