@@ -340,13 +340,18 @@ impl Shared {
                     on_volume: target.verdict.on_volume,
                 };
                 let decision = self.decider.decide(&container.scope, &facts);
-                let sent = match decision.outcome {
+                let outcome = decision.outcome;
+                // The event (with argv) is read while the caller still waits: after the answer
+                // its memory may already belong to the program it executed.
+                let event = (outcome != Outcome::Allow)
+                    .then(|| self.event(container, notif, &facts, Some(decision), None));
+                let sent = match outcome {
                     Outcome::Deny => sys::send_errno(fd_ref, notif.id, libc::EPERM),
                     Outcome::Allow | Outcome::Alert => sys::send_continue(fd_ref, notif.id),
                 };
                 self.stats.record(started.elapsed());
-                if decision.outcome != Outcome::Allow {
-                    self.emit(container, notif, &facts, Some(decision), None);
+                if let Some(event) = event {
+                    self.sink.emit(event);
                 }
                 sent
             }
@@ -383,27 +388,15 @@ impl Shared {
             hash: None,
             on_volume: false,
         };
+        let mut event = self.event(container, notif, &facts, None, Some(reason));
+        event.class = None;
+        event.outcome = outcome;
         let sent = match outcome {
             Outcome::Deny => sys::send_errno(fd, notif.id, libc::EPERM),
             _ => sys::send_continue(fd, notif.id),
         };
-        let mut event = self.event(container, notif, &facts, None, Some(reason));
-        event.class = None;
-        event.outcome = outcome;
         self.sink.emit(event);
         sent
-    }
-
-    fn emit(
-        &self,
-        container: &Arc<Container>,
-        notif: &Notification,
-        facts: &ExecFacts<'_>,
-        decision: Option<crate::decide::Decision>,
-        error: Option<String>,
-    ) {
-        let event = self.event(container, notif, facts, decision, error);
-        self.sink.emit(event);
     }
 
     fn event(
