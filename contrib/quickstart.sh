@@ -107,7 +107,9 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 grep -q "nri plugin synchronized" "$NODE/daemon.log" || fail "the daemon did not connect to NRI"
-[ -f "$NODE/state/fd-holder.pid" ] && cat "$NODE/state/fd-holder.pid" >> "$DG_DEV_DIR/ctd-$CTD/owned.pids"
+if [ -f "$NODE/state/fd-holder.pid" ]; then
+    echo "$(cat "$NODE/state/fd-holder.pid")" >> "$DG_DEV_DIR/ctd-$CTD/owned.pids"
+fi
 grep -E "registered|running" "$NODE/daemon.log" | sed 's/^/    /'
 
 say "running pod demo/web from localhost/driftguard/busybox:1"

@@ -155,7 +155,7 @@ fn ensure_holder(config: &Config) -> Result<()> {
         .context("starting the fd holder")?;
     std::fs::write(
         config.state_dir.join("fd-holder.pid"),
-        child.id().to_string(),
+        format!("{}\n", child.id()),
     )?;
     for _ in 0..100 {
         if driftguard_seccomp::holder::is_running(socket) {

@@ -97,6 +97,9 @@ pub enum HandoffError {
     /// The runtime closed or stalled before the JSON was complete.
     #[error("hand-off state incomplete after {0} bytes")]
     Incomplete(usize),
+    /// The runtime sent no complete state within the read timeout.
+    #[error("hand-off state not complete within {READ_TIMEOUT:?}")]
+    TimedOut,
     /// Socket error.
     #[error("hand-off socket: {0}")]
     Io(#[from] io::Error),
@@ -113,7 +116,7 @@ pub async fn receive(stream: &UnixStream) -> Result<Handoff, HandoffError> {
     }
     tokio::time::timeout(READ_TIMEOUT, read_message(stream))
         .await
-        .map_err(|_| HandoffError::Incomplete(0))?
+        .map_err(|_| HandoffError::TimedOut)?
 }
 
 async fn read_message(stream: &UnixStream) -> Result<Handoff, HandoffError> {

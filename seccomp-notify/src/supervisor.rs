@@ -173,6 +173,9 @@ impl Shared {
     async fn accept(self: Arc<Self>, stream: tokio::net::UnixStream) {
         let handoff = match handoff::receive(&stream).await {
             Ok(handoff) => handoff,
+            // A connection closed before any byte is a liveness probe (the runc wrapper checks
+            // the socket before it injects the filter), not a failed hand-off.
+            Err(handoff::HandoffError::Incomplete(0)) => return,
             Err(err) => {
                 warn!(error = %err, "hand-off refused");
                 return;
