@@ -23,7 +23,8 @@
 //! an image file at the path with other content → modified image file; otherwise a new file.
 //! Results are cached per container by file identity `(dev, ino, size, mtime, ctime)`.
 //!
-//! Limits: a file larger than the decision timeout allows to hash gets the failure policy.
+//! Limits: a file larger than [`MAX_HASHED_SIZE`] is not hashed at all, and hashing stops after
+//! [`MAX_HASH_TIME`]; both give the failure policy, as does a decision timeout that hits first.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,6 +32,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use driftguard_policy::VerdictClass;
 use rustix::fs::{self as rfs, AtFlags, FileType, Stat, CWD};
@@ -182,15 +184,38 @@ pub fn by_content(
     }
 }
 
-/// Hashes an `O_PATH` file's content by reopening it for reading.
+/// Largest file hashed on the exec path; a larger one fails with `EFBIG` before any read.
+pub const MAX_HASHED_SIZE: u64 = 1 << 30;
+/// Hashing gives up with `ETIMEDOUT` after this long (the default decision timeout).
+pub const MAX_HASH_TIME: Duration = Duration::from_secs(2);
+
+/// Hashes an `O_PATH` file's content by reopening it for reading, within [`MAX_HASHED_SIZE`]
+/// bytes and [`MAX_HASH_TIME`].
 pub fn hash_opened(file: &OwnedFd) -> io::Result<[u8; 32]> {
+    hash_bounded(file, MAX_HASHED_SIZE, Instant::now() + MAX_HASH_TIME)
+}
+
+/// Hashes at most `max_size` bytes before `deadline`; a bigger file (checked with `fstat`
+/// first, then while reading) fails with `EFBIG`, a missed deadline with `ETIMEDOUT`.
+pub fn hash_bounded(file: &OwnedFd, max_size: u64, deadline: Instant) -> io::Result<[u8; 32]> {
+    let too_big = || io::Error::from_raw_os_error(libc::EFBIG);
+    if rfs::fstat(file)?.st_size as u64 > max_size {
+        return Err(too_big());
+    }
     let mut reader = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let mut hasher = blake3::Hasher::new();
+    let (mut hasher, mut total) = (blake3::Hasher::new(), 0u64);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
+        }
+        total += n as u64;
+        if total > max_size {
+            return Err(too_big());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
         }
         hasher.update(&buf[..n]);
     }

@@ -8,14 +8,19 @@
 //! really is that path inside the root (a directory from outside the container, such as a
 //! leaked host fd, is refused rather than re-interpreted). `AT_EMPTY_PATH` opens the caller's
 //! fd itself through `/proc/PID/fd/N`. `/proc/self` and `/proc/thread-self` name the caller,
-//! not the supervisor, so paths below them are mapped to `/proc/PID` of the host.
+//! not the supervisor, so paths below them are mapped to `/proc/PID` of the host, but only
+//! when `/proc` inside the caller's root is a procfs mount (`fstatfs`): in a chroot whose
+//! `/proc` is a plain directory the kernel finds an ordinary file there, and so does this
+//! module, which resolves such a path like any other.
 //!
 //! Every file is opened `O_PATH` (no open side effects on fifos or devices) and described by
 //! `fstat`; the caller of this module re-checks the notification id before trusting it.
 //!
 //! Limits: magic links other than `/proc/self/...` and `/proc/PID/...` paths of the caller's
 //! own pid namespace are not followed (`RESOLVE_IN_ROOT` refuses them); such an exec gets the
-//! errno of the failed lookup.
+//! errno of the failed lookup. The procfs check looks at `/proc` itself: a caller that may
+//! mount (`CAP_SYS_ADMIN`) could mount over `/proc/self` inside a real procfs, which this module
+//! does not detect.
 
 use std::ffi::OsStr;
 use std::io;
@@ -157,9 +162,25 @@ impl Caller {
 
     fn open_absolute(&self, path: &[u8], nofollow: bool) -> io::Result<OwnedFd> {
         if let Some(rest) = self_proc_suffix(path) {
-            return self.open_proc(rest, nofollow);
+            if self.root_has_procfs()? {
+                return self.open_proc(rest, nofollow);
+            }
         }
         open_how(&self.root, path, nofollow, ResolveFlags::IN_ROOT)
+    }
+
+    /// Whether `/proc` inside the caller's root is a procfs mount, so that the kernel gives
+    /// `/proc/self` its magic meaning for this caller. In a chroot whose `/proc` is an
+    /// ordinary directory, `/proc/self/exe` is just a file of that directory.
+    fn root_has_procfs(&self) -> io::Result<bool> {
+        let proc_dir = match open_how(&self.root, b"/proc", false, ResolveFlags::IN_ROOT) {
+            Ok(fd) => fd,
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(false);
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(rfs::fstatfs(&proc_dir)?.f_type == rfs::PROC_SUPER_MAGIC)
     }
 
     /// Opens `/proc/PID/<rest>` of the host, following the final magic link unless `nofollow`.
@@ -278,6 +299,58 @@ mod tests {
                 nofollow: true
             }
         );
+    }
+
+    fn caller_in(root: &Path) -> Caller {
+        Caller {
+            pid: std::process::id(),
+            root: rfs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).expect("root"),
+        }
+    }
+
+    fn key(opened: &Opened) -> (u64, u64) {
+        (opened.stat.st_dev, opened.stat.st_ino)
+    }
+
+    #[test]
+    fn proc_self_is_the_caller_only_where_proc_is_procfs() {
+        let own_exe = std::fs::metadata("/proc/self/exe").expect("own exe");
+        let own = (
+            std::os::unix::fs::MetadataExt::dev(&own_exe),
+            std::os::unix::fs::MetadataExt::ino(&own_exe),
+        );
+        let host = caller_in(Path::new("/"));
+        let mapped = host
+            .resolve(&Lookup::execve(b"/proc/self/exe".to_vec()))
+            .expect("host /proc/self/exe");
+        assert_eq!(key(&mapped), own);
+
+        let fake = tempfile::tempdir().expect("tempdir");
+        for dir in ["proc/self/fd", "proc/thread-self"] {
+            std::fs::create_dir_all(fake.path().join(dir)).expect("mkdir");
+        }
+        for file in ["proc/self/exe", "proc/thread-self/exe", "proc/self/fd/7"] {
+            std::fs::write(fake.path().join(file), file).expect("write");
+        }
+        let chrooted = caller_in(fake.path());
+        for file in ["proc/self/exe", "proc/thread-self/exe", "proc/self/fd/7"] {
+            let opened = chrooted
+                .resolve(&Lookup::execve(format!("/{file}").into_bytes()))
+                .expect("literal file");
+            let literal = std::fs::metadata(fake.path().join(file)).expect("stat");
+            assert_eq!(
+                key(&opened),
+                (
+                    std::os::unix::fs::MetadataExt::dev(&literal),
+                    std::os::unix::fs::MetadataExt::ino(&literal)
+                ),
+                "{file} must be the chroot's own file"
+            );
+        }
+        let missing = caller_in(tempfile::tempdir().expect("tempdir").path())
+            .resolve(&Lookup::execve(b"/proc/self/exe".to_vec()))
+            .expect_err("no /proc at all");
+        assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
     }
 
     #[test]
