@@ -1,11 +1,16 @@
 //! The exec-path hash is bounded: a huge (sparse) file is refused before any read, a file that
 //! grows past the limit while being read is refused, and a missed deadline stops the hashing.
+//! The last test is privileged: busybox under real runc executing a 20 GiB sparse file.
+
+mod support;
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use driftguard_policy::Outcome;
 use driftguard_seccomp::classify::{hash_bounded, hash_opened, MAX_HASHED_SIZE};
 use rustix::fs::{self as rfs, Mode, OFlags};
+use support::{blocking, text, Bundle, Running};
 
 fn open_path(path: &std::path::Path) -> OwnedFd {
     rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).expect("open O_PATH")
@@ -51,4 +56,33 @@ fn small_files_hash_and_limits_are_enforced_while_reading() {
     let past = Instant::now() - Duration::from_millis(1);
     let err = hash_bounded(&fd, MAX_HASHED_SIZE, past).expect_err("deadline passed");
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_of_a_huge_sparse_file_gets_the_failure_policy_without_hashing() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let script = "truncate -s 20G /tmp/huge; chmod 755 /tmp/huge; /tmp/huge; echo huge-rc=$?; \
+                  /bin/true; echo after-rc=$?";
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
+    let out = blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    })
+    .await
+    .expect("runc run");
+    let output = text(&out);
+    assert!(output.lines().any(|l| l == "huge-rc=126"), "{output}");
+    assert!(output.lines().any(|l| l == "after-rc=0"), "{output}");
+    let events = supervisor.drain_events();
+    let huge = events
+        .iter()
+        .find(|e| e.path.ends_with("/tmp/huge") || e.argv.first().is_some_and(|a| a == "/tmp/huge"))
+        .expect("an event for /tmp/huge");
+    assert_eq!(huge.outcome, Outcome::Deny, "{huge:#?}");
+    // Refused by the size cap (EFBIG), not by the decision timeout after hashing for 2 s.
+    let error = huge.error.as_deref().unwrap_or_default();
+    assert!(error.contains("File too large"), "{huge:#?}");
 }
