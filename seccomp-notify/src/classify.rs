@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use driftguard_policy::VerdictClass;
 use rustix::fs::{self as rfs, AtFlags, FileType, Stat, CWD};
 
+use crate::binfmt::Header;
 use crate::mountinfo::OverlayLayers;
 
 /// A file of the image, as the image index knows it.
@@ -230,6 +231,7 @@ pub fn hash_bounded(file: &OwnedFd, max_size: u64, deadline: Instant) -> io::Res
 pub struct VerdictCache {
     entries: Mutex<HashMap<(FileKey, PathBuf), Classified>>,
     image_files: Mutex<HashMap<FileKey, String>>,
+    headers: Mutex<HashMap<FileKey, Header>>,
 }
 
 /// Most verdicts kept per container; the cache is cleared when it is full.
@@ -249,6 +251,21 @@ impl VerdictCache {
                 files.clear();
             }
             files.insert(key, path);
+        }
+    }
+
+    /// The cached header (script or ELF interpreter) of a file version.
+    pub fn header(&self, key: &FileKey) -> Option<Header> {
+        self.headers.lock().ok()?.get(key).cloned()
+    }
+
+    /// Remembers a file version's header.
+    pub fn put_header(&self, key: FileKey, header: Header) {
+        if let Ok(mut headers) = self.headers.lock() {
+            if headers.len() >= CACHE_LIMIT {
+                headers.clear();
+            }
+            headers.insert(key, header);
         }
     }
 

@@ -6,6 +6,18 @@
 //! the kernel would have returned, so a file that appears after the check can never run
 //! unchecked. A non-regular target gets `EACCES`.
 //!
+//! The kernel loads more than the named file inside one exec: a `#!` script's interpreter
+//! (scripts nest up to [`crate::binfmt::MAX_INTERP_DEPTH`] levels; deeper chains get the
+//! failure policy) and the `PT_INTERP` loader of the ELF program finally run. Each of them is
+//! resolved in the caller's root (a relative interpreter against its cwd, as the kernel does),
+//! classified, and decided too when it is not an untouched image file; the strictest outcome
+//! answers. A missing interpreter fails the exec with the lookup's errno, so it cannot appear
+//! after the check. They are looked up on every exec (verdicts and headers are cached by file
+//! identity only), so a later swap of an interpreter is seen. A dynamic loader run directly is
+//! checked for a loader trick (its program argument classified) at its image path and also
+//! when a copy of it runs from elsewhere (an `ET_DYN` ELF without `PT_INTERP` whose content is
+//! in the image).
+//!
 //! Limits: `CONTINUE` is advisory (seccomp_unotify(2)): a racing thread can rewrite the path
 //! after the check. Denials are race-free.
 
@@ -15,6 +27,7 @@ use std::sync::Arc;
 
 use driftguard_policy::VerdictClass;
 
+use crate::binfmt::{self, Header};
 use crate::classify::{self, Classified, FileKey, Placement};
 use crate::container::Container;
 use crate::resolve::{self, Caller, Lookup, Opened};
@@ -39,6 +52,9 @@ pub struct Target {
     pub path: String,
     /// Classification.
     pub verdict: Classified,
+    /// Other files the kernel loads with this exec (script and ELF interpreters) that are not
+    /// untouched image files; each is decided too and the strictest outcome answers.
+    pub loaded: Vec<Target>,
 }
 
 /// Why an exec could not be classified (the failure policy answers).
@@ -125,17 +141,123 @@ pub async fn assess(
         return Ok(Assessment::Errno(libc::EACCES));
     }
     let (path, verdict) = classify_opened(container, &caller, pid, &opened).await?;
-    if matches!(
-        verdict.class,
-        VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
-    ) && classify::is_dynamic_loader(Path::new(&path))
-    {
+    let header = header_of(container, &opened, pid)?;
+    let target = Target {
+        path,
+        verdict,
+        loaded: Vec::new(),
+    };
+    if runs_loader_trick(&target, &header) {
         let argv = target::read_argv(pid, argv_addr, abi);
-        if let Some(program) = loader_program_target(container, &caller, pid, &argv).await? {
+        if let Some(mut program) = loader_program_target(container, &caller, pid, &argv).await? {
+            if !is_clean(target.verdict.class) {
+                program.loaded.push(target);
+            }
             return Ok(Assessment::Target(program));
         }
     }
-    Ok(Assessment::Target(Target { path, verdict }))
+    let chain = Chain {
+        container,
+        caller: &caller,
+        pid,
+    };
+    chain.follow(target, header).await
+}
+
+/// Whether a class means the file is the image's own, unchanged.
+fn is_clean(class: VerdictClass) -> bool {
+    matches!(
+        class,
+        VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
+    )
+}
+
+/// Whether the executed file is one of the image's dynamic loaders: at its image path (by
+/// name), or a copy of it elsewhere (its content is in the image and its ELF header is that of
+/// a loader: `ET_DYN` without `PT_INTERP`).
+fn runs_loader_trick(target: &Target, header: &Header) -> bool {
+    let by_name =
+        is_clean(target.verdict.class) && classify::is_dynamic_loader(Path::new(&target.path));
+    let copied = header.is_loader_like()
+        && matches!(
+            target.verdict.class,
+            VerdictClass::RelocatedImageBinary | VerdictClass::ModeDrift
+        );
+    by_name || copied
+}
+
+/// The header of an opened file, cached by file identity.
+fn header_of(container: &Container, opened: &Opened, pid: u32) -> Result<Header, AssessError> {
+    let key = FileKey::of(&opened.stat);
+    if let Some(header) = container.cache.header(&key) {
+        return Ok(header);
+    }
+    let header = binfmt::read_header(&opened.file).map_err(|source| AssessError::Io {
+        step: "reading the exec target's header",
+        pid,
+        source,
+    })?;
+    container.cache.put_header(key, header.clone());
+    Ok(header)
+}
+
+/// Follows what the kernel loads with one exec: `#!` interpreters (nested up to
+/// [`binfmt::MAX_INTERP_DEPTH`]) and the ELF interpreter of the program finally run.
+struct Chain<'a> {
+    container: &'a Arc<Container>,
+    caller: &'a Caller,
+    pid: u32,
+}
+
+impl Chain<'_> {
+    async fn follow(
+        &self,
+        mut target: Target,
+        mut header: Header,
+    ) -> Result<Assessment, AssessError> {
+        for depth in 0.. {
+            let (interp, is_script) = match header {
+                Header::Script(interp) => (interp, true),
+                Header::Elf {
+                    interp: Some(interp),
+                    ..
+                } => (interp, false),
+                Header::Elf { interp: None, .. } | Header::Other => break,
+            };
+            if is_script && depth >= binfmt::MAX_INTERP_DEPTH {
+                return Err(AssessError::Io {
+                    step: "following script interpreters",
+                    pid: self.pid,
+                    source: std::io::Error::from_raw_os_error(libc::ELOOP),
+                });
+            }
+            if interp.is_empty() {
+                // The kernel fails such a script with ENOEXEC; nothing else is loaded.
+                break;
+            }
+            let opened = match self.caller.resolve(&Lookup::execve(interp)) {
+                Ok(opened) => opened,
+                Err(err) => return lookup_failure(err, self.pid),
+            };
+            if !classify::is_regular(&opened.stat) {
+                return Ok(Assessment::Errno(libc::EACCES));
+            }
+            let (path, verdict) =
+                classify_opened(self.container, self.caller, self.pid, &opened).await?;
+            if !is_clean(verdict.class) {
+                target.loaded.push(Target {
+                    path,
+                    verdict,
+                    loaded: Vec::new(),
+                });
+            }
+            if !is_script {
+                break;
+            }
+            header = header_of(self.container, &opened, self.pid)?;
+        }
+        Ok(Assessment::Target(target))
+    }
 }
 
 fn lookup_failure(err: std::io::Error, pid: u32) -> Result<Assessment, AssessError> {
@@ -284,17 +406,18 @@ async fn loader_program_target(
         return Ok(None);
     }
     let (path, verdict) = classify_opened(container, caller, pid, &opened).await?;
-    if matches!(
-        verdict.class,
-        VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
-    ) {
+    if is_clean(verdict.class) {
         return Ok(None);
     }
     let verdict = Classified {
         class: VerdictClass::LoaderTrick,
         ..verdict
     };
-    Ok(Some(Target { path, verdict }))
+    Ok(Some(Target {
+        path,
+        verdict,
+        loaded: Vec::new(),
+    }))
 }
 
 /// Reads argv for an event (best effort; the caller may be gone).

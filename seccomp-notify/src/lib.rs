@@ -13,6 +13,7 @@
 //! default); a decision is never made on a path name alone.
 
 pub mod adapters;
+pub mod binfmt;
 pub mod classify;
 pub mod container;
 pub mod decide;

@@ -336,13 +336,7 @@ impl Shared {
             Ok(Ok(Assessment::Gone)) => return,
             Ok(Ok(Assessment::Errno(errno))) => sys::send_errno(fd_ref, notif.id, errno),
             Ok(Ok(Assessment::Target(target))) => {
-                let facts = ExecFacts {
-                    class: target.verdict.class,
-                    path: &target.path,
-                    hash: target.verdict.hash,
-                    on_volume: target.verdict.on_volume,
-                };
-                let decision = self.decider.decide(&container.scope, &facts);
+                let (facts, decision) = self.strictest(container, &target);
                 let outcome = decision.outcome;
                 // The event (with argv) is read while the caller still waits: after the answer
                 // its memory may already belong to the program it executed.
@@ -368,6 +362,38 @@ impl Shared {
                       "answering a notification failed");
             }
         }
+    }
+
+    /// Decides the target and every file loaded with it; the strictest outcome answers (the
+    /// first one on a tie, so the executed file itself wins over its interpreters).
+    fn strictest<'t>(
+        &self,
+        container: &Arc<Container>,
+        target: &'t exec::Target,
+    ) -> (ExecFacts<'t>, crate::decide::Decision) {
+        let rank = |outcome: Outcome| match outcome {
+            Outcome::Allow => 0,
+            Outcome::Alert => 1,
+            Outcome::Deny => 2,
+        };
+        let decide = |one: &'t exec::Target| {
+            let facts = ExecFacts {
+                class: one.verdict.class,
+                path: &one.path,
+                hash: one.verdict.hash,
+                on_volume: one.verdict.on_volume,
+            };
+            let decision = self.decider.decide(&container.scope, &facts);
+            (facts, decision)
+        };
+        let mut best = decide(target);
+        for loaded in &target.loaded {
+            let next = decide(loaded);
+            if rank(next.1.outcome) > rank(best.1.outcome) {
+                best = next;
+            }
+        }
+        best
     }
 
     fn fail(

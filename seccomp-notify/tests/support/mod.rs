@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -103,7 +104,35 @@ pub fn layer() -> Result<&'static Path> {
         bail!("gcc -static failed for the tiny program");
     }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    dynamic_files(&dir)?;
     Ok(LAYER.get_or_init(|| dir))
+}
+
+/// A script with a `#!` interpreter and the host's dynamic `true` with its loader and libc (at
+/// the host's paths), so interpreter swaps can be tried.
+fn dynamic_files(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("opt/scenario"))?;
+    let script = dir.join("opt/scenario/hello.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hello-from-script\n")?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let relative = dir.join("opt/scenario/relative.sh");
+    std::fs::write(&relative, "#! bin/sh\necho relative-from-script\n")?;
+    std::fs::set_permissions(&relative, std::fs::Permissions::from_mode(0o755))?;
+    for (from, to) in [
+        ("/usr/bin/true", "usr/bin/gnu-true"),
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let to = dir.join(to);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(from, &to).with_context(|| format!("copying {from}"))?;
+    }
+    Ok(())
 }
 
 /// An OCI bundle with an overlay rootfs over the busybox layer.

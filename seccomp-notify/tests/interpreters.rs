@@ -1,0 +1,98 @@
+//! Privileged end-to-end tests of what the kernel loads inside one exec besides the named file:
+//! `#!` interpreters and the ELF program interpreter (dynamic loader), under real runc over a
+//! real overlay, with the supervisor blocking drift.
+
+mod support;
+
+use driftguard_policy::{Outcome, VerdictClass};
+use support::{blocking, text, Bundle, Running};
+
+const SCRIPT: &str = r#"
+/opt/scenario/hello.sh; echo hello-rc=$?
+cd / && /opt/scenario/relative.sh; echo relative-img-rc=$?
+/usr/bin/gnu-true; echo gnu-true-rc=$?
+cp /bin/busybox /tmp/drift; echo drift >> /tmp/drift; chmod 755 /tmp/drift
+cp /usr/bin/gnu-true /tmp/drift-dyn; echo drift >> /tmp/drift-dyn; chmod 755 /tmp/drift-dyn
+cp /lib64/ld-linux-x86-64.so.2 /tmp/myld; chmod 755 /tmp/myld
+/tmp/myld /usr/bin/gnu-true; echo myld-img-rc=$?
+/tmp/myld /tmp/drift-dyn; echo myld-drift-rc=$?
+mkdir /tmp/bin; cp /tmp/drift /tmp/bin/sh
+cd /tmp && /opt/scenario/relative.sh; echo relative-drift-rc=$?
+cd /
+cp /bin/tiny /tmp/tiny; echo drift >> /tmp/tiny
+cat /tmp/tiny > /lib64/ld-linux-x86-64.so.2
+/usr/bin/gnu-true; echo swapped-loader-rc=$?
+ln -sf /tmp/drift /bin/sh
+/opt/scenario/hello.sh; echo swapped-sh-rc=$?
+"#;
+
+fn expect_line(output: &str, line: &str) {
+    assert!(
+        output.lines().any(|l| l.trim() == line),
+        "missing `{line}` in container output:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_interpreters_and_copied_loaders_are_denied() {
+    let runc = support::runc("1.3.6").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", SCRIPT]).expect("bundle");
+    let out = blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    })
+    .await
+    .expect("runc run");
+    let output = text(&out);
+    for line in [
+        "hello-from-script",
+        "hello-rc=0",
+        "relative-from-script",
+        "relative-img-rc=0",
+        "gnu-true-rc=0",
+        "myld-img-rc=0",
+        "myld-drift-rc=126",
+        "relative-drift-rc=126",
+        "swapped-loader-rc=126",
+        "swapped-sh-rc=126",
+    ] {
+        expect_line(&output, line);
+    }
+    assert!(
+        output.contains("/opt/scenario/hello.sh: Operation not permitted"),
+        "{output}"
+    );
+    assert!(
+        output.contains("/usr/bin/gnu-true: Operation not permitted"),
+        "{output}"
+    );
+
+    let events = supervisor.drain_events();
+    let denied = |path: &str, class: VerdictClass| {
+        events
+            .iter()
+            .any(|e| e.path == path && e.class == Some(class) && e.outcome == Outcome::Deny)
+    };
+    assert!(denied("/tmp/drift", VerdictClass::NewFile), "{events:#?}");
+    assert!(denied("/tmp/bin/sh", VerdictClass::NewFile), "{events:#?}");
+    assert!(
+        denied("/tmp/drift-dyn", VerdictClass::LoaderTrick),
+        "{events:#?}"
+    );
+    assert!(
+        denied(
+            "/lib64/ld-linux-x86-64.so.2",
+            VerdictClass::ModifiedImageFile
+        ),
+        "{events:#?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.path == "/bin/busybox" || e.path == "/usr/bin/gnu-true"),
+        "image files run silently: {events:#?}"
+    );
+}
