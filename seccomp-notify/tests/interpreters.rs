@@ -11,6 +11,8 @@ const SCRIPT: &str = r#"
 /opt/scenario/hello.sh; echo hello-rc=$?
 cd / && /opt/scenario/relative.sh; echo relative-img-rc=$?
 /usr/bin/gnu-true; echo gnu-true-rc=$?
+/opt/scenario/nest2; echo nest-four-rc=$?
+/opt/scenario/nest1; echo nest-five-rc=$?
 cp /bin/busybox /tmp/drift; echo drift >> /tmp/drift; chmod 755 /tmp/drift
 cp /usr/bin/gnu-true /tmp/drift-dyn; echo drift >> /tmp/drift-dyn; chmod 755 /tmp/drift-dyn
 cp /lib64/ld-linux-x86-64.so.2 /tmp/myld; chmod 755 /tmp/myld
@@ -53,6 +55,9 @@ async fn swapped_interpreters_and_copied_loaders_are_denied() {
         "relative-from-script",
         "relative-img-rc=0",
         "gnu-true-rc=0",
+        "nested-5",
+        "nest-four-rc=0",
+        "nest-five-rc=126",
         "myld-img-rc=0",
         "myld-drift-rc=126",
         "relative-drift-rc=126",

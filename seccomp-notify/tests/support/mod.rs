@@ -118,6 +118,16 @@ fn dynamic_files(dir: &Path) -> Result<()> {
     let relative = dir.join("opt/scenario/relative.sh");
     std::fs::write(&relative, "#! bin/sh\necho relative-from-script\n")?;
     std::fs::set_permissions(&relative, std::fs::Permissions::from_mode(0o755))?;
+    // nest1 .. nest5: each names the next as its interpreter, nest5 names /bin/sh.
+    for level in 1..=5 {
+        let next = match level {
+            5 => "/bin/sh".to_string(),
+            _ => format!("/opt/scenario/nest{}", level + 1),
+        };
+        let script = dir.join(format!("opt/scenario/nest{level}"));
+        std::fs::write(&script, format!("#!{next}\necho nested-{level}\n"))?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    }
     for (from, to) in [
         ("/usr/bin/true", "usr/bin/gnu-true"),
         ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
