@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use driftguard_image_index::IndexCache;
 use driftguard_nri::{ContainerPolicy, NoHooks, Plugin, PluginConfig};
 use driftguard_policy::alerts::{Alerts, AlertsConfig, HttpSinkConfig};
-use driftguard_policy::event::DriftEvent;
+use driftguard_policy::event::{DriftEvent, ParentProcess};
 use driftguard_policy::{
     Action, FailurePolicy, Metrics, Policy, PolicyStore, PolicyWatcher, Scope, VerdictClass,
 };
@@ -313,5 +313,9 @@ fn drift_event(event: ExecEvent, cluster: &str, node: &str) -> DriftEvent {
     alert.set_argv(event.argv);
     alert.hash = event.hash;
     alert.error = event.error;
+    alert.parent = event.parent.map(|(pid, exe)| ParentProcess {
+        pid,
+        exe: (!exe.is_empty()).then_some(exe),
+    });
     alert
 }

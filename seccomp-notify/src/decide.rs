@@ -69,6 +69,9 @@ pub struct ExecEvent {
     pub allow_listed: bool,
     /// Why the failure policy answered, when it did.
     pub error: Option<String>,
+    /// The caller's parent process (host pid and executable as seen from the host), when it
+    /// could be read.
+    pub parent: Option<(u32, String)>,
 }
 
 /// Receives exec events.

@@ -446,6 +446,7 @@ impl Shared {
             pid: notif.pid,
             path: facts.path.to_string(),
             argv: exec::event_argv(notif),
+            parent: parent_of(notif.pid),
             class: Some(facts.class),
             hash: facts.hash.map(hex::encode),
             rule: decision
@@ -476,4 +477,17 @@ fn poll_now(fd: &OwnedFd) -> PollFlags {
         Ok(_) => fds[0].revents(),
         Err(_) => PollFlags::empty(),
     }
+}
+
+/// The parent of `pid` (host pid namespace) and its executable, read from procfs. Best effort:
+/// the parent may already be gone, and a container may name its executable anything.
+fn parent_of(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: fields follow the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+    let exe = std::fs::read_link(format!("/proc/{ppid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    Some((ppid, exe))
 }
