@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use driftguard_policy::Outcome;
 use driftguard_seccomp::classify::{hash_bounded, hash_opened, MAX_HASHED_SIZE};
 use rustix::fs::{self as rfs, Mode, OFlags};
-use support::{blocking, text, Bundle, Running};
+use support::{Bundle, Running};
 
 fn open_path(path: &std::path::Path) -> OwnedFd {
     rfs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).expect("open O_PATH")
@@ -66,14 +66,7 @@ async fn exec_of_a_huge_sparse_file_gets_the_failure_policy_without_hashing() {
                   /bin/true; echo after-rc=$?";
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
-    let out = blocking(move || {
-        let out = bundle.run();
-        drop(bundle);
-        out
-    })
-    .await
-    .expect("runc run");
-    let output = text(&out);
+    let output = support::run_to_end(bundle).await;
     assert!(output.lines().any(|l| l == "huge-rc=126"), "{output}");
     assert!(output.lines().any(|l| l == "after-rc=0"), "{output}");
     let events = supervisor.drain_events();

@@ -5,7 +5,7 @@
 mod support;
 
 use driftguard_policy::{Outcome, VerdictClass};
-use support::{blocking, text, Bundle, Running};
+use support::{Bundle, Running};
 
 const SCRIPT: &str = r#"
 /opt/scenario/hello.sh; echo hello-rc=$?
@@ -28,27 +28,13 @@ ln -sf /tmp/drift /bin/sh
 /opt/scenario/hello.sh; echo swapped-sh-rc=$?
 "#;
 
-fn expect_line(output: &str, line: &str) {
-    assert!(
-        output.lines().any(|l| l.trim() == line),
-        "missing `{line}` in container output:\n{output}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_interpreters_and_copied_loaders_are_denied() {
     let runc = support::runc("1.3.6").expect("runc");
     let mut supervisor = Running::start(None).await.expect("supervisor");
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", SCRIPT]).expect("bundle");
-    let out = blocking(move || {
-        let out = bundle.run();
-        drop(bundle);
-        out
-    })
-    .await
-    .expect("runc run");
-    let output = text(&out);
+    let output = support::run_to_end(bundle).await;
     for line in [
         "hello-from-script",
         "hello-rc=0",
@@ -64,7 +50,7 @@ async fn swapped_interpreters_and_copied_loaders_are_denied() {
         "swapped-loader-rc=126",
         "swapped-sh-rc=126",
     ] {
-        expect_line(&output, line);
+        support::expect_line(&output, line);
     }
     assert!(
         output.contains("/opt/scenario/hello.sh: Operation not permitted"),

@@ -7,7 +7,7 @@
 mod support;
 
 use driftguard_policy::{Outcome, VerdictClass};
-use support::{blocking, text, Bundle, Running};
+use support::{Bundle, Running};
 
 const SCRIPT: &str = r#"
 /proc/self/exe true; echo self-exe-rc=$?
@@ -44,13 +44,6 @@ fn allow_chroot(bundle: &Bundle) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expect_line(output: &str, line: &str) {
-    assert!(
-        output.lines().any(|l| l.trim() == line),
-        "missing `{line}` in container output:\n{output}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_self_in_a_chroot_is_an_ordinary_file_and_is_denied() {
     let runc = support::runc("1.1.5").expect("runc");
@@ -58,14 +51,7 @@ async fn proc_self_in_a_chroot_is_an_ordinary_file_and_is_denied() {
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", SCRIPT]).expect("bundle");
     allow_chroot(&bundle).expect("chroot allowed");
-    let out = blocking(move || {
-        let out = bundle.run();
-        drop(bundle);
-        out
-    })
-    .await
-    .expect("runc run");
-    let output = text(&out);
+    let output = support::run_to_end(bundle).await;
     // The container's own busybox runs (as an unknown applet name: 127, not a denial's 126).
     for line in [
         "self-exe-rc=127",
@@ -73,7 +59,7 @@ async fn proc_self_in_a_chroot_is_an_ordinary_file_and_is_denied() {
         "self-fd-rc=127",
         "standalone-ok",
     ] {
-        expect_line(&output, line);
+        support::expect_line(&output, line);
     }
     assert!(output.contains("exe: applet not found"), "{output}");
     for line in [
@@ -81,7 +67,7 @@ async fn proc_self_in_a_chroot_is_an_ordinary_file_and_is_denied() {
         "chroot-thread-self-rc=126",
         "chroot-fd-rc=126",
     ] {
-        expect_line(&output, line);
+        support::expect_line(&output, line);
     }
     assert!(
         output.contains("can't execute '/proc/self/exe': Operation not permitted"),

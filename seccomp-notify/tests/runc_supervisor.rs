@@ -27,26 +27,12 @@ ln -s /../../../../usr/bin/env /tmp/out; /tmp/out true; echo symlink-out-rc=$?
 touch /bin/busybox; /bin/busybox true; echo touched-rc=$?
 "#;
 
-fn expect_line(output: &str, line: &str) {
-    assert!(
-        output.lines().any(|l| l.trim() == line),
-        "missing `{line}` in container output:\n{output}"
-    );
-}
-
 async fn drift_is_denied_and_image_binaries_run(version: &str) {
     let runc = support::runc(version).expect("runc");
     let mut supervisor = Running::start(None).await.expect("supervisor");
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", DRIFT_SCRIPT]).expect("bundle");
-    let out = blocking(move || {
-        let out = bundle.run();
-        drop(bundle);
-        out
-    })
-    .await
-    .expect("runc run");
-    let output = text(&out);
+    let output = support::run_to_end(bundle).await;
     for line in [
         "ls-ok",
         "upper-rc=126",
@@ -65,7 +51,7 @@ async fn drift_is_denied_and_image_binaries_run(version: &str) {
         "memfd-rc=126",
         "touched-rc=0",
     ] {
-        expect_line(&output, line);
+        support::expect_line(&output, line);
     }
     assert!(
         output.contains("/root/evil: Operation not permitted"),
@@ -127,8 +113,8 @@ async fn runc_exec_hands_off_a_second_fd_that_is_served() {
     .await
     .expect("runc exec");
     let output = text(&out);
-    expect_line(&output, "img-rc=0");
-    expect_line(&output, "drift-rc=126");
+    support::expect_line(&output, "img-rc=0");
+    support::expect_line(&output, "drift-rc=126");
     let events = supervisor.drain_events();
     assert!(
         events
@@ -154,19 +140,12 @@ cp /bin/busybox /root/big; echo x >> /root/big; chmod 755 /root/big
 "#;
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
-    let out = blocking(move || {
-        let out = bundle.run();
-        drop(bundle);
-        out
-    })
-    .await
-    .expect("runc run");
-    let output = text(&out);
-    expect_line(
+    let output = support::run_to_end(bundle).await;
+    support::expect_line(
         &output,
         &format!("execve-nonul errno={} (Bad address)", libc::EFAULT),
     );
-    expect_line(
+    support::expect_line(
         &output,
         &format!(
             "execve-long errno={} (File name too long)",
@@ -177,7 +156,7 @@ cp /bin/busybox /root/big; echo x >> /root/big; chmod 755 /root/big
         output.contains("/tmp/loop1: Too many levels of symbolic links"),
         "{output}"
     );
-    expect_line(&output, "race-rc=0");
-    expect_line(&output, "after-rc=0");
-    expect_line(&output, "big-rc=126");
+    support::expect_line(&output, "race-rc=0");
+    support::expect_line(&output, "after-rc=0");
+    support::expect_line(&output, "big-rc=126");
 }

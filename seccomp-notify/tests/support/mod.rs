@@ -386,6 +386,27 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// Runs `bundle` under runc to the end, off the async runtime, removes it, and returns the
+/// container's stdout + stderr.
+pub async fn run_to_end(bundle: Bundle) -> String {
+    let out = blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    })
+    .await
+    .expect("runc run");
+    text(&out)
+}
+
+/// Asserts that the container printed `line` (trimmed) as a line of its own.
+pub fn expect_line(output: &str, line: &str) {
+    assert!(
+        output.lines().any(|l| l.trim() == line),
+        "missing `{line}` in container output:\n{output}"
+    );
+}
+
 /// Runs blocking work (runc) off the async runtime.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
