@@ -4,7 +4,7 @@
 
 mod support;
 
-use driftguard_policy::{Outcome, VerdictClass};
+use driftguard_policy::VerdictClass;
 use support::{Bundle, Running};
 
 const SCRIPT: &str = r#"
@@ -62,11 +62,7 @@ async fn swapped_interpreters_and_copied_loaders_are_denied() {
     );
 
     let events = supervisor.drain_events();
-    let denied = |path: &str, class: VerdictClass| {
-        events
-            .iter()
-            .any(|e| e.path == path && e.class == Some(class) && e.outcome == Outcome::Deny)
-    };
+    let denied = |path: &str, class: VerdictClass| support::denied(&events, path, class);
     assert!(denied("/tmp/drift", VerdictClass::NewFile), "{events:#?}");
     assert!(denied("/tmp/bin/sh", VerdictClass::NewFile), "{events:#?}");
     assert!(

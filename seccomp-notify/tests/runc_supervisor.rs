@@ -59,11 +59,7 @@ async fn drift_is_denied_and_image_binaries_run(version: &str) {
     );
 
     let events = supervisor.drain_events();
-    let denied = |path: &str, class: VerdictClass| {
-        events
-            .iter()
-            .any(|e| e.path == path && e.class == Some(class) && e.outcome == Outcome::Deny)
-    };
+    let denied = |path: &str, class: VerdictClass| support::denied(&events, path, class);
     assert!(denied("/root/evil", VerdictClass::NewFile), "{events:#?}");
     assert!(denied("/tmp/evil", VerdictClass::NewFile), "{events:#?}");
     assert!(

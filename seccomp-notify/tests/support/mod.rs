@@ -399,6 +399,13 @@ pub async fn run_to_end(bundle: Bundle) -> String {
     text(&out)
 }
 
+/// Whether `events` hold a denied exec of `path` with verdict class `class`.
+pub fn denied(events: &[ExecEvent], path: &str, class: driftguard_policy::VerdictClass) -> bool {
+    events.iter().any(|e| {
+        e.path == path && e.class == Some(class) && e.outcome == driftguard_policy::Outcome::Deny
+    })
+}
+
 /// Asserts that the container printed `line` (trimmed) as a line of its own.
 pub fn expect_line(output: &str, line: &str) {
     assert!(
