@@ -1,9 +1,15 @@
 //! The supervisor: accept hand-offs, serve every notify fd, answer every exec.
 //!
-//! Each notify fd gets its own task that waits on it (tokio `AsyncFd`), receives notifications
-//! and spawns one task per notification, so one slow decision (hashing a large file, waiting
-//! for an image index) never holds up another exec, in that container or any other. An fd is
-//! closed when the kernel reports `POLLHUP` (no task uses the filter any more).
+//! Each notify fd gets its own serving thread that blocks in `poll` on it and receives and
+//! answers notifications itself when the decision needs no waiting — the common case of a
+//! cached verdict, which so costs the exec one round trip to this thread and a handful of
+//! syscalls, with no async runtime in between. The fd asks the kernel for synchronous wake-ups
+//! (Linux ≥ 6.6), so caller and thread hand the CPU to each other instead of waking across
+//! CPUs. A decision that has to wait (hashing a file, an image index still being built) moves,
+//! already started, to a task of the tokio runtime, so one slow decision never holds up
+//! another exec, in that container or any other; the thread goes back to its fd at once. A
+//! thread ends when the kernel reports `POLLHUP` (no task uses the filter any more) or the
+//! supervisor stops.
 //!
 //! Every fd is first given to the fd holder (when configured): if the supervisor dies, the
 //! holder's duplicate keeps the filter's listener alive, execs wait instead of failing with
@@ -11,24 +17,30 @@
 //!
 //! Invariants: every notification gets exactly one answer attempt; an internal error or a
 //! timeout is answered by the policy's failure policy (deny with `EPERM` by default); a
-//! denied exec and an alert produce one [`ExecEvent`].
+//! denied exec and an alert produce one [`ExecEvent`]. Only the fd's own thread receives from
+//! it.
 //!
 //! Limits: decisions are bounded by `decision_timeout`; a caller stopped in the middle of its
-//! exec (SIGSTOP) keeps its notification pending, which costs nothing but memory.
+//! exec (SIGSTOP) keeps its notification pending, which costs nothing but memory. One thread
+//! per notify fd (a container's init and each `runc exec`), with a small stack
+//! ([`SERVE_STACK`]); if the system refuses a new thread, that fd is not served and its
+//! container's execs wait for the next supervisor (the fd holder keeps the fd).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use driftguard_policy::{FailurePolicy, Outcome};
-use futures::FutureExt;
-use rustix::event::{PollFd, PollFlags};
-use tokio::io::unix::AsyncFd;
+use rustix::event::EventfdFlags;
 use tokio::net::UnixListener;
-use tracing::{debug, info, warn};
+use tokio::runtime::Handle;
+use tracing::{debug, error, info, warn};
 
 use crate::container::Container;
 use crate::decide::{Decider, EventSink, ExecEvent, ExecFacts, ImageSource};
@@ -36,7 +48,11 @@ use crate::exec::{self, Assessment};
 use crate::handoff::{self, ProcessState};
 use crate::holder;
 use crate::stats::DecisionStats;
-use crate::sys::{self, Notification};
+use crate::sys::{self, Notification, Wait};
+
+/// Stack size of a serving thread: the inline decision path has no recursion and page-sized
+/// buffers at most.
+pub const SERVE_STACK: usize = 256 * 1024;
 
 /// Where and how the supervisor runs.
 #[derive(Debug, Clone)]
@@ -87,6 +103,9 @@ struct Shared {
     sink: Arc<dyn EventSink>,
     containers: Mutex<HashMap<String, Weak<Container>>>,
     stats: Arc<DecisionStats>,
+    /// An eventfd, set when the supervisor runs and readable once it stops: every serving
+    /// thread polls it too.
+    stop: OnceLock<OwnedFd>,
 }
 
 /// The exec supervisor.
@@ -109,6 +128,7 @@ impl Supervisor {
             sink,
             containers: Mutex::new(HashMap::new()),
             stats: Arc::new(DecisionStats::default()),
+            stop: OnceLock::new(),
         };
         Supervisor {
             shared: Arc::new(shared),
@@ -127,6 +147,9 @@ impl Supervisor {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), SupervisorError> {
         sys::check_notif_sizes().map_err(SupervisorError::Kernel)?;
+        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)
+            .map_err(|err| SupervisorError::Kernel(err.into()))?;
+        let _ = self.shared.stop.set(stop);
         let listener = bind(&self.shared.config.socket_path)?;
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
             self.shared.clone().recover(holder_socket).await;
@@ -146,6 +169,10 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_file(&self.shared.config.socket_path);
+        // Never read: the eventfd stays readable and ends every serving thread.
+        if let Some(stop) = self.shared.stop.get() {
+            let _ = rustix::io::write(stop, &1u64.to_ne_bytes());
+        }
         info!("supervisor stopped");
         Ok(())
     }
@@ -265,62 +292,79 @@ impl Shared {
         let container = self.container(&state);
         info!(container_id = %container.id, pid = state.pid, status = %state.state.status,
               "serving notify fd");
-        tokio::spawn(async move {
-            if let Err(err) = self.serve_fd(container.clone(), fd).await {
-                warn!(container_id = %container.id, error = %err, "notify fd loop ended");
-            }
-        });
+        let runtime = Handle::current();
+        let id = container.id.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dg-notify-{}", id.get(..5).unwrap_or(&id)))
+            .stack_size(SERVE_STACK)
+            .spawn(move || {
+                let _context = runtime.enter();
+                if let Err(err) = self.serve_fd(&runtime, &container, Arc::new(fd)) {
+                    warn!(container_id = %container.id, error = %err, "notify fd loop ended");
+                }
+            });
+        if let Err(err) = spawned {
+            error!(container_id = %id, error = %err,
+                   "no thread to serve a notify fd: its execs wait for the next supervisor");
+        }
     }
 
-    async fn serve_fd(
-        self: Arc<Self>,
-        container: Arc<Container>,
-        fd: OwnedFd,
+    /// The serving thread of one notify fd.
+    fn serve_fd(
+        self: &Arc<Self>,
+        runtime: &Handle,
+        container: &Arc<Container>,
+        fd: Arc<OwnedFd>,
     ) -> std::io::Result<()> {
-        let fd = Arc::new(sys::async_fd(fd)?);
+        if let Err(err) = sys::set_sync_wake_up(fd.as_fd()) {
+            debug!(container_id = %container.id, error = %err,
+                   "synchronous wake-ups unavailable; ordinary wake-ups are used");
+        }
+        let stop = self
+            .stop
+            .get()
+            .ok_or_else(|| std::io::Error::other("supervisor is not running"))?;
         loop {
-            let mut guard = fd.readable().await?;
-            // The fd is edge-triggered in tokio and RECV blocks when nothing is pending: ask
-            // the kernel directly what is there before each RECV.
-            let revents = poll_now(fd.get_ref());
-            if revents.contains(PollFlags::IN) {
-                match sys::recv(fd.get_ref().as_fd()) {
-                    Ok(notif) => self.answer_or_spawn(&container, &fd, notif),
+            match sys::wait(fd.as_fd(), stop.as_fd())? {
+                Wait::Pending => match sys::recv(fd.as_fd()) {
+                    Ok(notif) => self.answer_or_spawn(runtime, container, &fd, notif),
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(err) => return Err(err),
+                },
+                Wait::HungUp => {
+                    debug!(container_id = %container.id, "notify fd hung up");
+                    return Ok(());
                 }
-                continue;
+                Wait::Stopped => return Ok(()),
             }
-            if revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
-                debug!(container_id = %container.id, "notify fd hung up");
-                return Ok(());
-            }
-            guard.clear_ready();
         }
     }
 
     /// Answers inline when the decision needs no waiting (the common, cached case); otherwise
-    /// hands the notification to its own task so that this fd's other execs go on.
+    /// the decision, as far as it got, continues in its own task on the runtime so that this
+    /// fd's other execs go on.
     fn answer_or_spawn(
         self: &Arc<Self>,
+        runtime: &Handle,
         container: &Arc<Container>,
-        fd: &Arc<AsyncFd<OwnedFd>>,
+        fd: &Arc<OwnedFd>,
         notif: Notification,
     ) {
         let started = Instant::now();
-        let fd_ref = fd.get_ref().as_fd();
-        if let Some(assessed) = exec::assess(container, fd_ref, &notif).now_or_never() {
-            self.finish(container, fd_ref, &notif, Ok(assessed), started);
+        let mut pending = assess_owned(container.clone(), fd.clone(), notif);
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if let Poll::Ready(assessed) = pending.as_mut().poll(&mut cx) {
+            self.finish(container, fd.as_fd(), &notif, Ok(assessed), started);
             return;
         }
         let (shared, container, fd) = (self.clone(), container.clone(), fd.clone());
-        tokio::spawn(async move {
-            let fd_ref = fd.get_ref().as_fd();
-            let timeout = shared.config.decision_timeout;
-            let assessed = tokio::time::timeout(timeout, exec::assess(&container, fd_ref, &notif))
+        let timeout = self.config.decision_timeout;
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        runtime.spawn(async move {
+            let assessed = tokio::time::timeout_at(deadline, pending)
                 .await
                 .map_err(|_| format!("decision timed out after {timeout:?}"));
-            shared.finish(&container, fd_ref, &notif, assessed, started);
+            shared.finish(&container, fd.as_fd(), &notif, assessed, started);
         });
     }
 
@@ -464,19 +508,12 @@ impl Shared {
     }
 }
 
-/// `poll(fd, POLLIN, 0)`: what the kernel reports right now.
-fn poll_now(fd: &OwnedFd) -> PollFlags {
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
-    match rustix::event::poll(
-        &mut fds,
-        Some(&rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        }),
-    ) {
-        Ok(_) => fds[0].revents(),
-        Err(_) => PollFlags::empty(),
-    }
+type Assessing = Pin<Box<dyn Future<Output = Result<Assessment, exec::AssessError>> + Send>>;
+
+/// The assessment of one notification as a future that owns what it needs, so that a decision
+/// started on a serving thread can finish on the runtime.
+fn assess_owned(container: Arc<Container>, fd: Arc<OwnedFd>, notif: Notification) -> Assessing {
+    Box::pin(async move { exec::assess(&container, fd.as_fd(), &notif).await })
 }
 
 /// The parent of `pid` (host pid namespace) and its executable, read from procfs. Best effort:

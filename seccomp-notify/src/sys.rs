@@ -12,10 +12,9 @@
 //! other architectures).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use rustix::event::{PollFd, PollFlags};
 
 /// `SECCOMP_IOCTL_NOTIF_RECV`: `_IOWR('!', 0, struct seccomp_notif)`.
 const NOTIF_RECV: u64 = 0xc050_2100;
@@ -23,6 +22,10 @@ const NOTIF_RECV: u64 = 0xc050_2100;
 const NOTIF_SEND: u64 = 0xc018_2101;
 /// `SECCOMP_IOCTL_NOTIF_ID_VALID`: `_IOW('!', 2, __u64)` (the Linux ≥ 5.8 number).
 const NOTIF_ID_VALID: u64 = 0x4008_2102;
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS`: `_IOW('!', 4, __u64)` (Linux ≥ 6.6).
+const NOTIF_SET_FLAGS: u64 = 0x4008_2104;
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`: wake the supervisor on the caller's CPU.
+const FD_SYNC_WAKE_UP: u64 = 1;
 /// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`.
 const FLAG_CONTINUE: u32 = 1;
 /// `seccomp(2)` operation `SECCOMP_GET_NOTIF_SIZES`.
@@ -185,12 +188,61 @@ fn send(fd: BorrowedFd<'_>, mut response: Response) -> io::Result<()> {
     Ok(())
 }
 
-/// Registers a notify fd with tokio's reactor for readability.
-pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an `OwnedFd` is an open descriptor that stays open, and keeps returning the same
-    // number from `as_raw_fd`, for as long as the `AsyncFd` owns it.
-    let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
-    registered.map_err(|err| err.into_parts().1)
+/// Asks the kernel to wake the supervisor on the caller's CPU and the caller on the
+/// supervisor's (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux ≥ 6.6): the caller sleeps until
+/// the answer anyway, so the round trip needs no cross-CPU wake-up. `EINVAL` on older kernels,
+/// which then use ordinary wake-ups.
+pub fn set_sync_wake_up(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: SECCOMP_IOCTL_NOTIF_SET_FLAGS takes the flags as the ioctl's integer argument
+    // (no pointer is dereferenced); the kernel validates them.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            NOTIF_SET_FLAGS as libc::Ioctl,
+            FD_SYNC_WAKE_UP,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What waiting on a notify fd ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A notification is pending (`RECV` will not block).
+    Pending,
+    /// No process uses the filter any more (`POLLHUP`), or the fd is unusable.
+    HungUp,
+    /// The stop fd became readable.
+    Stopped,
+}
+
+/// Blocks until `notify` has a notification or hangs up, or `stop` becomes readable.
+/// Interrupted waits are restarted.
+pub fn wait(notify: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> io::Result<Wait> {
+    loop {
+        let mut fds = [
+            PollFd::new(&notify, PollFlags::IN),
+            PollFd::new(&stop, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+        if !fds[1].revents().is_empty() {
+            return Ok(Wait::Stopped);
+        }
+        let revents = fds[0].revents();
+        if revents.contains(PollFlags::IN) {
+            return Ok(Wait::Pending);
+        }
+        if revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
+            return Ok(Wait::HungUp);
+        }
+    }
 }
 
 /// Reads from another process's memory at `addr` into `buf`; returns the bytes read, which
