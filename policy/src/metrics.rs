@@ -28,7 +28,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::policy::Decision;
-use crate::verdict::Outcome;
+use crate::verdict::{Outcome, VerdictClass};
+
+/// Every outcome, in the order of the verdict counters.
+const OUTCOMES: [Outcome; 3] = [Outcome::Allow, Outcome::Alert, Outcome::Deny];
 
 /// Where the metrics endpoint listens unless configured otherwise.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
@@ -52,7 +55,10 @@ struct SinkLabels {
 struct Inner {
     registry: Registry,
     execs_seen: Counter,
-    verdicts: Family<VerdictLabels, Counter>,
+    /// The counters of the `verdicts` family, one per (class, outcome), created up front so that the
+    /// exec path increments an atomic without a label lookup: index
+    /// `class as usize * OUTCOMES.len() + outcome position`.
+    verdict_counters: Vec<Counter>,
     decision_latency: Histogram,
     policy_reloads: Family<ResultLabels, Counter>,
     alerts_delivered: Family<SinkLabels, Counter>,
@@ -84,6 +90,17 @@ impl Metrics {
         let mut registry = Registry::with_prefix("driftguard");
         let execs_seen = Counter::default();
         let verdicts = Family::<VerdictLabels, Counter>::default();
+        let verdict_counters = VerdictClass::ALL
+            .iter()
+            .flat_map(|class| OUTCOMES.map(|outcome| (*class, outcome)))
+            .map(|(class, outcome)| {
+                let labels = VerdictLabels {
+                    class: class.as_str(),
+                    outcome: outcome_str(outcome),
+                };
+                verdicts.get_or_create(&labels).clone()
+            })
+            .collect();
         let decision_latency = Histogram::new(exponential_buckets(1e-6, 4.0, 12));
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         let alerts_delivered = Family::<SinkLabels, Counter>::default();
@@ -122,7 +139,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 execs_seen,
-                verdicts,
+                verdict_counters,
                 decision_latency,
                 policy_reloads,
                 alerts_delivered,
@@ -139,11 +156,14 @@ impl Metrics {
 
     /// Counts one decision and records how long it took.
     pub fn record_decision(&self, decision: &Decision, latency: Duration) {
-        let labels = VerdictLabels {
-            class: decision.class.as_str(),
-            outcome: outcome_str(decision.outcome),
-        };
-        self.inner.verdicts.get_or_create(&labels).inc();
+        let outcome = OUTCOMES
+            .iter()
+            .position(|o| *o == decision.outcome)
+            .unwrap_or_default();
+        let index = decision.class as usize * OUTCOMES.len() + outcome;
+        if let Some(counter) = self.inner.verdict_counters.get(index) {
+            counter.inc();
+        }
         self.inner.decision_latency.observe(latency.as_secs_f64());
     }
 
@@ -245,5 +265,46 @@ pub fn outcome_str(outcome: Outcome) -> &'static str {
         Outcome::Allow => "allow",
         Outcome::Alert => "alert",
         Outcome::Deny => "deny",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_and_outcome_counts_in_its_own_series() {
+        let metrics = Metrics::new();
+        for (n, class) in VerdictClass::ALL.iter().enumerate() {
+            assert_eq!(
+                *class as usize, n,
+                "VerdictClass::ALL is in declaration order"
+            );
+            for (k, outcome) in OUTCOMES.iter().enumerate() {
+                let decision = Decision {
+                    rule: "r".into(),
+                    action: crate::Action::Alert,
+                    class: *class,
+                    outcome: *outcome,
+                    allow_listed: false,
+                };
+                // A distinct count per series: n * 3 + k + 1 decisions.
+                for _ in 0..=(n * OUTCOMES.len() + k) {
+                    metrics.record_decision(&decision, Duration::from_micros(1));
+                }
+            }
+        }
+        let text = metrics.render();
+        for (n, class) in VerdictClass::ALL.iter().enumerate() {
+            for (k, outcome) in OUTCOMES.iter().enumerate() {
+                let line = format!(
+                    "driftguard_verdicts_total{{class=\"{}\",outcome=\"{}\"}} {}",
+                    class.as_str(),
+                    outcome_str(*outcome),
+                    n * OUTCOMES.len() + k + 1
+                );
+                assert!(text.contains(&line), "missing {line} in\n{text}");
+            }
+        }
     }
 }

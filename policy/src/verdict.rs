@@ -39,6 +39,19 @@ pub enum VerdictClass {
 }
 
 impl VerdictClass {
+    /// Every class, in declaration order (`ALL[class as usize] == class`).
+    pub const ALL: [VerdictClass; 9] = [
+        VerdictClass::ImageFile,
+        VerdictClass::MetadataCopyUp,
+        VerdictClass::ModeDrift,
+        VerdictClass::RelocatedImageBinary,
+        VerdictClass::ModifiedImageFile,
+        VerdictClass::NewFile,
+        VerdictClass::Fileless,
+        VerdictClass::LoaderTrick,
+        VerdictClass::Undecided,
+    ];
+
     /// The class's name as alerts and documents spell it.
     pub fn as_str(self) -> &'static str {
         match self {
