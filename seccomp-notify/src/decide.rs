@@ -72,6 +72,9 @@ pub struct ExecEvent {
     /// The caller's parent process (host pid and executable as seen from the host), when it
     /// could be read.
     pub parent: Option<(u32, String)>,
+    /// The exec gate caught it: the file the kernel opened for the exec was not the one the
+    /// seccomp stage allowed (a race), or no stage had classified it.
+    pub exec_gate: bool,
 }
 
 /// Receives exec events.

@@ -293,7 +293,7 @@ fn read_lookup(pid: u32, call: ExecCall) -> Result<(Lookup, u64), target::ReadEr
 ///
 /// A cached verdict is answered before anything else is looked at: `fstat` of the caller's
 /// root (its device tells the rootfs from a volume) is only needed for a file not seen before.
-async fn classify_opened(
+pub(crate) async fn classify_opened(
     container: &Arc<Container>,
     caller: &Caller,
     pid: u32,

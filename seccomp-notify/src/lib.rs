@@ -18,6 +18,8 @@ pub mod classify;
 pub mod container;
 pub mod decide;
 pub mod exec;
+pub mod fanotify;
+pub mod gate;
 pub mod handoff;
 pub mod holder;
 pub mod mountinfo;

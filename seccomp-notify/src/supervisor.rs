@@ -66,6 +66,9 @@ pub struct SupervisorConfig {
     pub decision_timeout: Duration,
     /// The mount table to find container rootfs overlays in.
     pub mountinfo_path: PathBuf,
+    /// Re-check every exec open of a monitored container with fanotify (the exec gate, see
+    /// [`crate::gate`]): closes the race after an allowed exec.
+    pub exec_gate: bool,
 }
 
 impl SupervisorConfig {
@@ -76,6 +79,7 @@ impl SupervisorConfig {
             holder_socket,
             decision_timeout: Duration::from_secs(2),
             mountinfo_path: PathBuf::from("/proc/self/mountinfo"),
+            exec_gate: true,
         }
     }
 }
@@ -103,6 +107,7 @@ struct Shared {
     sink: Arc<dyn EventSink>,
     containers: Mutex<HashMap<String, Weak<Container>>>,
     stats: Arc<DecisionStats>,
+    gate: Option<crate::gate::Gate>,
     /// An eventfd, set when the supervisor runs and readable once it stops: every serving
     /// thread polls it too.
     stop: OnceLock<OwnedFd>,
@@ -122,6 +127,7 @@ impl Supervisor {
         sink: Arc<dyn EventSink>,
     ) -> Supervisor {
         let shared = Shared {
+            gate: crate::gate::Gate::for_config(&config, &decider, &sink),
             config,
             decider,
             images,
@@ -290,6 +296,9 @@ impl Shared {
 
     fn serve(self: Arc<Self>, state: ProcessState, fd: OwnedFd) {
         let container = self.container(&state);
+        if let Some(gate) = &self.gate {
+            gate.watch_logged(&container, state.pid);
+        }
         info!(container_id = %container.id, pid = state.pid, status = %state.state.status,
               "serving notify fd");
         let runtime = Handle::current();
@@ -504,6 +513,7 @@ impl Shared {
                 .unwrap_or(Outcome::Deny),
             allow_listed: decision.as_ref().is_some_and(|d| d.allow_listed),
             error,
+            exec_gate: false,
         }
     }
 }

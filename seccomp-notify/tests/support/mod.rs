@@ -327,14 +327,28 @@ pub struct Running {
 }
 
 impl Running {
+    /// A supervisor with the default configuration; `DG_EXEC_GATE=1|0` turns the exec gate on
+    /// or off (the benchmark compares both).
     pub async fn start(holder: Option<PathBuf>) -> Result<Running> {
+        let default = SupervisorConfig::new(PathBuf::new(), None).exec_gate;
+        let gate = match std::env::var("DG_EXEC_GATE").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => default,
+        };
+        Running::start_with(holder, gate).await
+    }
+
+    /// A supervisor with the exec gate on or off.
+    pub async fn start_with(holder: Option<PathBuf>, exec_gate: bool) -> Result<Running> {
         let dir = tempfile::Builder::new().prefix("dg-sup-").tempdir()?;
         let socket = dir.path().join("run/supervisor.sock");
         let policy = Policy::from_yaml(BLOCK_POLICY, "test-policy")?;
         let store = PolicyStore::new(policy);
         let index = IndexCache::new(dir.path().join("index"));
         let (tx, events) = mpsc::unbounded_channel();
-        let config = SupervisorConfig::new(socket.clone(), holder);
+        let mut config = SupervisorConfig::new(socket.clone(), holder);
+        config.exec_gate = exec_gate;
         let supervisor = Supervisor::new(config, Arc::new(store), Arc::new(index), Arc::new(tx));
         let stats = supervisor.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 /* Test helper run inside the test containers: exec variants the shell cannot express. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,9 +25,91 @@ static int xexecveat(int dirfd, const char *path, char **argv, int flags) {
     return syscall(SYS_execveat, dirfd, path, argv, environ, flags);
 }
 
+/* swap mode: one thread flips what an exec will find while the main thread executes it. */
+struct swap {
+    const char *mode, *image, *drift, *link;
+    char path[256];
+    int fd, image_fd, drift_fd;
+    volatile int started;
+};
+
+static void *flipper(void *arg) {
+    struct swap *s = arg;
+    char tmp_a[300], tmp_b[300];
+    snprintf(tmp_a, sizeof tmp_a, "%s.a", s->link);
+    snprintf(tmp_b, sizeof tmp_b, "%s.b", s->link);
+    s->started = 1;
+    for (;;) {
+        if (!strcmp(s->mode, "path")) {
+            strcpy(s->path, s->drift);
+            strcpy(s->path, s->image);
+        } else if (!strcmp(s->mode, "link")) {
+            unlink(tmp_b);
+            symlink(s->drift, tmp_b);
+            rename(tmp_b, s->link);
+            unlink(tmp_a);
+            symlink(s->image, tmp_a);
+            rename(tmp_a, s->link);
+        } else {
+            dup2(s->drift_fd, s->fd);
+            dup2(s->image_fd, s->fd);
+        }
+    }
+    return NULL;
+}
+
+static int memfd_of(const char *path) {
+    int src = open(path, O_RDONLY), mfd = memfd_create("payload", MFD_CLOEXEC);
+    char buf[65536]; ssize_t n;
+    while ((n = read(src, buf, sizeof buf)) > 0) write(mfd, buf, n);
+    close(src);
+    return mfd;
+}
+
+/* One try in a child: 0 = the image ran, 42 = the drift ran, 126 = EPERM, 125 = other errno. */
+static void swap_child(struct swap *s) {
+    char *args[] = {"x", "ran", NULL};
+    if (!strcmp(s->mode, "fd") || !strcmp(s->mode, "memfd")) {
+        s->image_fd = open(s->image, O_PATH | O_CLOEXEC);
+        s->drift_fd = !strcmp(s->mode, "memfd") ? memfd_of(s->drift) : open(s->drift, O_PATH | O_CLOEXEC);
+        s->fd = dup(s->image_fd);
+    }
+    strcpy(s->path, s->image);
+    pthread_t thread;
+    pthread_create(&thread, NULL, flipper, s);
+    while (!s->started) {}
+    if (s->fd >= 0) xexecveat(s->fd, "", args, AT_EMPTY_PATH);
+    else if (!strcmp(s->mode, "link")) execve(s->link, args, environ);
+    else execve(s->path, args, environ);
+    _exit(errno == EPERM ? 126 : 125);
+}
+
+/* xat swap MODE IMAGE DRIFT COUNT [LINK]: MODE path|link|fd|memfd; counts what ran. */
+static int swap_race(int argc, char **argv) {
+    struct swap s = {.mode = argv[2], .image = argv[3], .drift = argv[4],
+                     .link = argc >= 7 ? argv[6] : "/tmp/xat-swap-link", .fd = -1};
+    int count = atoi(argv[5]), image = 0, drift = 0, denied = 0, other = 0;
+    if (!strcmp(s.mode, "link")) { unlink(s.link); symlink(s.image, s.link); }
+    for (int i = 0; i < count; i++) {
+        pid_t child = fork();
+        if (child == 0) swap_child(&s);
+        int status;
+        waitpid(child, &status, 0);
+        int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        if (code == 0) image++;
+        else if (code == 42) drift++;
+        else if (code == 126) denied++;
+        else other++;
+    }
+    printf("swap %s image=%d drift=%d denied=%d other=%d\n", s.mode, image, drift, denied, other);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *mode = argv[1];
+    if (!strcmp(mode, "ran")) return 42; /* the marker a swapped-in copy of xat answers with */
+    if (!strcmp(mode, "swap") && argc >= 6) return swap_race(argc, argv);
     if (!strcmp(mode, "dirfd") && argc >= 4) { /* xat dirfd DIR NAME [ARGS] */
         int dir = open(argv[2], O_PATH | O_DIRECTORY);
         xexecveat(dir, argv[3], argv + 3, 0);

@@ -1,0 +1,633 @@
+//! The exec gate: a second, race-free check on the file the kernel actually opens for exec.
+//!
+//! The seccomp stage answers `CONTINUE` for an exec it resolved to an allowed file, and the
+//! kernel then looks the path (or the fd) up again: a racing thread that rewrites the path,
+//! swaps a symlink or renames a file over it runs a file the seccomp stage never saw. The gate
+//! closes that window with fanotify `FAN_OPEN_EXEC_PERM`: the kernel stops every exec open on a
+//! marked mount or filesystem and waits for an answer about the opened file itself, whose
+//! identity can no longer change.
+//!
+//! Design:
+//! - **One group for the whole supervisor**, read by one dedicated thread. Each permission
+//!   event names the process that executes; its mount namespace (`/proc/PID/ns/mnt`) maps it
+//!   to the container that was registered with that namespace ([`Gate::watch`]). Events of
+//!   processes in any other namespace (the host, unmonitored containers) are allowed at once.
+//!   One group keeps the cost at one thread and one fd per node, and makes overlapping marks
+//!   (two containers of a pod sharing a volume) harmless: the verdict depends on who executes,
+//!   not on which mark reported it.
+//! - **Marks** come from `/proc/<pid>/mountinfo` of a process of the container, each mount
+//!   point opened through `/proc/<pid>/root` with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`
+//!   and accepted only when `statx` reports the mount id that mountinfo listed (a container
+//!   cannot redirect the mark to a host path). The overlay rootfs and filesystems that exist only
+//!   inside the container (its `/tmp`, `/dev`, `/dev/shm` tmpfs: their device is absent from the
+//!   daemon's own mount table) get `FAN_MARK_FILESYSTEM`, which also covers later bind mounts of
+//!   them; everything else (volumes and files bind-mounted from host filesystems) gets
+//!   `FAN_MARK_MOUNT` on the container's own mount, so host execs on those filesystems never
+//!   reach the gate. `noexec` mounts and pseudo filesystems (proc, sysfs, cgroup, devpts, ...)
+//!   are not marked.
+//! - **Verdicts**: an untouched image file (by file identity, in [`Container::cache`]) is
+//!   allowed without more work. Anything else is classified from the event's fd with the same
+//!   code and cache as the seccomp stage ([`crate::exec::classify_opened`]: layer placement,
+//!   bounded hashing, never a lower-layer file) and decided by policy. A file the seccomp stage
+//!   classified before it answered is a cache hit: allow and alert pass silently (that stage
+//!   reported them). A deny, or an alert for a file no stage had classified (a race the policy
+//!   only alerts on), produces one [`ExecEvent`] with `exec_gate` set.
+//! - **Failure**: an error or a decision slower than the decision timeout gets the failure
+//!   policy (deny with `EPERM` when closed). A decision that cannot finish inline (image view
+//!   still building, hashing) runs on the tokio runtime so the gate thread never waits for it.
+//!
+//! Invariants: a container's namespace is registered before its first mark, and both happen
+//! before its notify fd is served, so no exec answered `CONTINUE` by the seccomp stage escapes
+//! the gate; every permission event gets exactly one answer.
+//!
+//! Limits: when the group closes (the daemon dies) the kernel allows every pending and later
+//! exec of the marked filesystems; the fd holder keeps only the seccomp stage alive, and a
+//! restarted supervisor marks each container again when it takes its notify fd back. The kernel
+//! refuses marks on its internal memfd mount (`EINVAL`), so a `memfd` swapped in under an
+//! `execveat(fd, "", AT_EMPTY_PATH)` after the seccomp check is not seen by the gate. Mounts
+//! made by the container after it started are not marked (only `FAN_MARK_FILESYSTEM` marks
+//! follow bind mounts of the marked filesystems). A process that moved to a mount namespace of
+//! its own (`unshare -m`, needs `CAP_SYS_ADMIN`) is not mapped to its container and is allowed.
+//! The gate decides each opened file on its own: a script's interpreter and an ELF loader are
+//! separate events, and a loader trick (`ld.so /tmp/x` opens `/tmp/x` with a plain `open`) is
+//! left to the seccomp stage's argv check. Events from the gate carry no argv (the exec has not
+//! replaced the old program's arguments yet).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use driftguard_policy::{FailurePolicy, Outcome};
+use futures::FutureExt;
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+use tracing::{debug, error, info, warn};
+
+use crate::classify::{Classified, FileKey};
+use crate::container::Container;
+use crate::decide::{Decider, EventSink, ExecEvent, ExecFacts};
+use crate::exec;
+use crate::fanotify::{Group, MarkKind, PermissionEvent};
+use crate::resolve::{self, Caller, Opened};
+use crate::supervisor::SupervisorConfig;
+
+/// Filesystem types from which nothing can be executed.
+const PSEUDO_FS: [&str; 13] = [
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "configfs",
+    "pstore",
+    "fusectl",
+];
+
+/// Why the gate could not start or watch a container.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// No fanotify permission group (needs `CAP_SYS_ADMIN`, Linux ≥ 5.0).
+    #[error("fanotify permission group unavailable: {0}")]
+    Init(io::Error),
+    /// The gate needs a tokio runtime for decisions that wait.
+    #[error("the exec gate must be started inside a tokio runtime")]
+    NoRuntime,
+    /// The gate thread could not be set up.
+    #[error("exec gate thread: {0}")]
+    Thread(io::Error),
+    /// A process of the container could not be inspected.
+    #[error("{what} of pid {pid} (container {container}): {source}")]
+    Process {
+        /// What was read.
+        what: &'static str,
+        /// The process.
+        pid: u32,
+        /// Container id.
+        container: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// The exec gate of one supervisor (see the module doc).
+pub struct Gate {
+    inner: Arc<Inner>,
+    /// Write end of the stop pipe: closing it ends the gate thread.
+    _stop: OwnedFd,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    group: Group,
+    decider: Arc<dyn Decider>,
+    sink: Arc<dyn EventSink>,
+    timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    /// Mount namespace inode → the container registered with it.
+    namespaces: Mutex<HashMap<u64, Weak<Container>>>,
+}
+
+impl Gate {
+    /// Creates the fanotify group and starts the gate thread. Must run inside a tokio runtime.
+    pub fn start(
+        decider: Arc<dyn Decider>,
+        sink: Arc<dyn EventSink>,
+        timeout: Duration,
+    ) -> Result<Gate, GateError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| GateError::NoRuntime)?;
+        let group = Group::new().map_err(GateError::Init)?;
+        let (stop_rx, stop_tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| GateError::Thread(e.into()))?;
+        let inner = Arc::new(Inner {
+            group,
+            decider,
+            sink,
+            timeout,
+            runtime,
+            namespaces: Mutex::new(HashMap::new()),
+        });
+        let thread_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("dg-exec-gate".into())
+            .spawn(move || thread_inner.serve(stop_rx))
+            .map_err(GateError::Thread)?;
+        info!("exec gate started");
+        Ok(Gate {
+            inner,
+            _stop: stop_tx,
+        })
+    }
+
+    /// The gate a supervisor configuration asks for: `None` when it is off, or when it cannot
+    /// start (logged as an error: execs are then decided by the seccomp stage alone).
+    pub fn for_config(
+        config: &SupervisorConfig,
+        decider: &Arc<dyn Decider>,
+        sink: &Arc<dyn EventSink>,
+    ) -> Option<Gate> {
+        if !config.exec_gate {
+            return None;
+        }
+        let started = Gate::start(decider.clone(), sink.clone(), config.decision_timeout);
+        started
+            .map_err(|err| {
+                error!(error = %err, "exec gate unavailable; allowed execs are not re-checked");
+            })
+            .ok()
+    }
+
+    /// [`Gate::watch`] for the hand-off of process `pid`; a failure is logged (that container's
+    /// execs are then decided by the seccomp stage alone).
+    pub fn watch_logged(&self, container: &Arc<Container>, pid: i64) {
+        let Ok(pid) = u32::try_from(pid) else {
+            warn!(container_id = %container.id, pid, "exec gate: hand-off without a usable pid");
+            return;
+        };
+        if let Err(err) = self.watch(container, pid) {
+            warn!(container_id = %container.id, error = %err,
+                  "exec gate is not watching a container");
+        }
+    }
+
+    /// Registers a container by the mount namespace of `pid` (one of its processes) and marks
+    /// its mounts; returns how many were marked. A namespace already registered for a live
+    /// container is left as it is.
+    pub fn watch(&self, container: &Arc<Container>, pid: u32) -> Result<usize, GateError> {
+        let fail = |what, source| GateError::Process {
+            what,
+            pid,
+            container: container.id.clone(),
+            source,
+        };
+        let ns = mount_ns(pid).map_err(|e| fail("mount namespace", e))?;
+        {
+            let mut namespaces = lock(&self.inner.namespaces);
+            namespaces.retain(|_, weak| weak.strong_count() > 0);
+            if namespaces.get(&ns).and_then(Weak::upgrade).is_some() {
+                return Ok(0);
+            }
+            // Registered before the first mark: an event can only come for a known namespace.
+            namespaces.insert(ns, Arc::downgrade(container));
+        }
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .map_err(|e| fail("mountinfo", e))?;
+        let host = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| fail("the daemon's mountinfo", e))?;
+        let root = rfs::open(
+            format!("/proc/{pid}/root"),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail("root", e.into()))?;
+        let host_devs: HashSet<String> =
+            parse_mountinfo(&host).into_iter().map(|m| m.dev).collect();
+        let mut marked = 0;
+        for mount in parse_mountinfo(&mountinfo) {
+            if !mount.executable() {
+                continue;
+            }
+            let kind = mount.mark_kind(&host_devs);
+            match self.mark(&root, &mount, kind) {
+                Ok(()) => marked += 1,
+                Err(err) => {
+                    warn!(container_id = %container.id, mount_point = %mount.mount_point.display(),
+                                  error = %err, "exec gate could not mark a mount")
+                }
+            }
+        }
+        info!(container_id = %container.id, pid, mounts = marked, "exec gate watching");
+        Ok(marked)
+    }
+
+    /// Opens one mount point inside the container's root and marks it, after checking that the
+    /// opened directory (or file) really is that mount.
+    fn mark(&self, root: &OwnedFd, mount: &MountEntry, kind: MarkKind) -> io::Result<()> {
+        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let relative = mount
+            .mount_point
+            .strip_prefix("/")
+            .unwrap_or(&mount.mount_point);
+        let relative = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
+        let opened = rfs::openat2(
+            root,
+            relative,
+            OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            how,
+        )?;
+        let stx = rfs::statx(&opened, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
+        if stx.stx_mnt_id != mount.id {
+            // Covered by another mount, or the path changed under us: not this mount.
+            return Err(io::Error::other(format!(
+                "mount point resolves to mount {} instead of {}",
+                stx.stx_mnt_id, mount.id
+            )));
+        }
+        self.inner.group.mark(kind, opened.as_fd())?;
+        debug!(mount_point = %mount.mount_point.display(), fstype = %mount.fstype, ?kind,
+               "exec gate mark");
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// The gate thread: waits for permission events (or the stop pipe) and answers them.
+    fn serve(self: Arc<Self>, stop: OwnedFd) {
+        let _runtime = self.runtime.enter();
+        loop {
+            let mut fds = [
+                PollFd::new(&self.group, PollFlags::IN),
+                PollFd::new(&stop, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => {
+                    warn!(error = %err, "exec gate poll failed; the gate stops");
+                    return;
+                }
+            }
+            if !fds[1].revents().is_empty() {
+                debug!("exec gate stopped");
+                return;
+            }
+            match self.group.read() {
+                Ok(events) => events.into_iter().for_each(|event| self.handle(event)),
+                Err(err) => {
+                    warn!(error = %err, "reading exec gate events failed; the gate stops");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The container a process belongs to, by its mount namespace.
+    fn container_of(&self, pid: i32) -> Option<Arc<Container>> {
+        let ns = mount_ns(u32::try_from(pid).ok()?).ok()?;
+        lock(&self.namespaces).get(&ns).and_then(Weak::upgrade)
+    }
+
+    fn handle(self: &Arc<Self>, event: PermissionEvent) {
+        let Some(container) = self.container_of(event.pid) else {
+            return self.answer(event, true);
+        };
+        let pid = event.pid as u32;
+        let stat = match rfs::fstat(&event.file) {
+            Ok(stat) => stat,
+            Err(err) => return self.fail(&container, event, "", err.to_string()),
+        };
+        let key = FileKey::of(&stat);
+        // The hot path: an untouched image file, known by identity alone.
+        if stat.st_nlink > 0 && container.cache.image_file(&key).is_some() {
+            return self.answer(event, true);
+        }
+        let path = resolve::fd_path(&event.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
+        if let Some(hit) = container.cache.get(&key, &path) {
+            let shown = path.to_string_lossy().into_owned();
+            return self.finish(&container, event, &shown, hit, true);
+        }
+        let opened = match opened_of(&event, stat) {
+            Ok(opened) => opened,
+            Err(err) => return self.fail(&container, event, &path.to_string_lossy(), err),
+        };
+        let inline = classify(&container, pid, &opened).now_or_never();
+        match inline {
+            Some(Ok((shown, verdict))) => self.finish(&container, event, &shown, verdict, false),
+            Some(Err(reason)) => self.fail(&container, event, &path.to_string_lossy(), reason),
+            None => self.spawn_decision(container, event, opened, path),
+        }
+    }
+
+    /// Decides on the runtime when classification has to wait (image view, hashing).
+    fn spawn_decision(
+        self: &Arc<Self>,
+        container: Arc<Container>,
+        event: PermissionEvent,
+        opened: Opened,
+        path: PathBuf,
+    ) {
+        let inner = self.clone();
+        self.runtime.spawn(async move {
+            let pid = event.pid as u32;
+            let decided = tokio::time::timeout(inner.timeout, classify(&container, pid, &opened))
+                .await
+                .unwrap_or_else(|_| Err(format!("decision timed out after {:?}", inner.timeout)));
+            match decided {
+                Ok((shown, verdict)) => inner.finish(&container, event, &shown, verdict, false),
+                Err(reason) => inner.fail(&container, event, &path.to_string_lossy(), reason),
+            }
+        });
+    }
+
+    /// Applies policy to a classified file and answers; reports a deny, and an alert the
+    /// seccomp stage cannot have reported (`seen` is false: no stage had classified the file).
+    fn finish(
+        &self,
+        container: &Container,
+        event: PermissionEvent,
+        path: &str,
+        verdict: Classified,
+        seen: bool,
+    ) {
+        let facts = ExecFacts {
+            class: verdict.class,
+            path,
+            hash: verdict.hash,
+            on_volume: verdict.on_volume,
+        };
+        let decision = self.decider.decide(&container.scope, &facts);
+        let outcome = decision.outcome;
+        let report = outcome == Outcome::Deny || (outcome == Outcome::Alert && !seen);
+        let pid = event.pid as u32;
+        let exec_event = report.then(|| {
+            let mut out = gate_event(container, pid, path, outcome, None);
+            out.class = Some(verdict.class);
+            out.hash = verdict.hash.map(hex::encode);
+            out.rule = decision.rule.clone();
+            out.action = Some(decision.action);
+            out.allow_listed = decision.allow_listed;
+            out
+        });
+        debug!(container_id = %container.id, pid, path, class = ?verdict.class, ?outcome, seen,
+               "exec gate decision");
+        self.answer(event, outcome != Outcome::Deny);
+        if let Some(exec_event) = exec_event {
+            self.sink.emit(exec_event);
+        }
+    }
+
+    /// Answers by the failure policy and reports why.
+    fn fail(&self, container: &Container, event: PermissionEvent, path: &str, reason: String) {
+        let policy = self.decider.failure_policy();
+        let outcome = match policy {
+            FailurePolicy::Closed => Outcome::Deny,
+            FailurePolicy::Open => Outcome::Alert,
+        };
+        let pid = event.pid as u32;
+        warn!(container_id = %container.id, pid, path, reason = %reason, failure_policy = ?policy,
+              "exec gate decided by the failure policy");
+        let exec_event = gate_event(container, pid, path, outcome, Some(reason));
+        self.answer(event, outcome != Outcome::Deny);
+        self.sink.emit(exec_event);
+    }
+
+    fn answer(&self, event: PermissionEvent, allow: bool) {
+        if let Err(err) = self.group.answer(event, allow) {
+            // ENOENT: the exec was interrupted (fatal signal) before the answer.
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                warn!(error = %err, "answering an exec gate event failed");
+            }
+        }
+    }
+}
+
+/// Classifies the opened file with the seccomp stage's code and cache.
+async fn classify(
+    container: &Arc<Container>,
+    pid: u32,
+    opened: &Opened,
+) -> Result<(String, Classified), String> {
+    let caller = Caller::open(pid).map_err(|e| format!("opening /proc/{pid}/root: {e}"))?;
+    exec::classify_opened(container, &caller, pid, opened)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The event's file as the classify code takes it (its own fd; the event keeps the original
+/// for the answer).
+fn opened_of(event: &PermissionEvent, stat: rfs::Stat) -> Result<Opened, String> {
+    let file = event
+        .file
+        .try_clone()
+        .map_err(|e| format!("duplicating the exec gate fd: {e}"))?;
+    Ok(Opened {
+        file,
+        stat,
+        from_fd: false,
+    })
+}
+
+/// An event of the gate, without a decision yet (that of the failure policy when `error` is
+/// set).
+fn gate_event(
+    container: &Container,
+    pid: u32,
+    path: &str,
+    outcome: Outcome,
+    error: Option<String>,
+) -> ExecEvent {
+    let scope = &container.scope;
+    ExecEvent {
+        container_id: container.id.clone(),
+        namespace: scope.namespace.clone(),
+        pod: scope.pod_name.clone(),
+        container: scope.container_name.clone(),
+        image: scope.image_name.clone(),
+        pid,
+        path: path.to_string(),
+        argv: Vec::new(),
+        class: None,
+        hash: None,
+        rule: String::new(),
+        action: None,
+        outcome,
+        allow_listed: false,
+        error,
+        parent: parent_of(pid),
+        exec_gate: true,
+    }
+}
+
+/// The parent of `pid` and its executable (best effort, as in the supervisor's events).
+fn parent_of(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+    let exe = std::fs::read_link(format!("/proc/{ppid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    Some((ppid, exe))
+}
+
+/// The inode of a process's mount namespace.
+fn mount_ns(pid: u32) -> io::Result<u64> {
+    Ok(rfs::stat(format!("/proc/{pid}/ns/mnt"))?.st_ino)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One line of a mountinfo file, the fields the gate needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    id: u64,
+    dev: String,
+    mount_point: PathBuf,
+    options: String,
+    fstype: String,
+}
+
+impl MountEntry {
+    /// Whether a file on this mount could be executed.
+    fn executable(&self) -> bool {
+        let noexec = self.options.split(',').any(|o| o == "noexec");
+        !noexec && !PSEUDO_FS.contains(&self.fstype.as_str())
+    }
+
+    /// Filesystem marks for the container's own overlay rootfs and for filesystems that exist
+    /// only inside the container; mount marks for anything the host also has mounted.
+    fn mark_kind(&self, host_devs: &HashSet<String>) -> MarkKind {
+        let rootfs = self.mount_point == Path::new("/") && self.fstype == "overlay";
+        if rootfs || !host_devs.contains(&self.dev) {
+            MarkKind::Filesystem
+        } else {
+            MarkKind::Mount
+        }
+    }
+}
+
+/// Parses mountinfo text (proc_pid_mountinfo(5)); unreadable lines are skipped.
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines().filter_map(parse_mount_line).collect()
+}
+
+fn parse_mount_line(line: &str) -> Option<MountEntry> {
+    let (head, tail) = line.split_once(" - ")?;
+    let fields: Vec<&str> = head.split(' ').collect();
+    let fstype = tail.split(' ').next()?;
+    Some(MountEntry {
+        id: fields.first()?.parse().ok()?,
+        dev: fields.get(2)?.to_string(),
+        mount_point: PathBuf::from(unescape(fields.get(4)?)),
+        options: fields.get(5)?.to_string(),
+        fstype: fstype.to_string(),
+    })
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let text = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTAINER: &str = "\
+1201 1100 0:91 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+1202 1201 0:93 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+1203 1201 0:94 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+1204 1203 0:95 / /dev/pts rw,nosuid,noexec,relatime - devpts devpts rw
+1205 1203 0:96 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k
+1206 1201 0:97 / /tmp rw,nosuid,nodev - tmpfs tmpfs rw,size=65536k,mode=1777
+1207 1201 254:1 /var/lib/kubelet/pods/x/volumes/data /data\\040dir rw,relatime - ext4 /dev/vda1 rw
+1208 1201 254:1 /etc/hosts /etc/hosts rw,relatime - ext4 /dev/vda1 rw
+";
+
+    #[test]
+    fn mounts_to_mark_and_how() {
+        let host: HashSet<String> = ["254:1".to_string(), "0:91".to_string()].into();
+        let mounts = parse_mountinfo(CONTAINER);
+        assert_eq!(mounts.len(), 8);
+        let marked: Vec<(String, MarkKind)> = mounts
+            .iter()
+            .filter(|m| m.executable())
+            .map(|m| (m.mount_point.display().to_string(), m.mark_kind(&host)))
+            .collect();
+        assert_eq!(
+            marked,
+            vec![
+                ("/".to_string(), MarkKind::Filesystem),
+                ("/dev".to_string(), MarkKind::Filesystem),
+                ("/tmp".to_string(), MarkKind::Filesystem),
+                ("/data dir".to_string(), MarkKind::Mount),
+                ("/etc/hosts".to_string(), MarkKind::Mount),
+            ]
+        );
+        assert_eq!(mounts[0].id, 1201);
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        assert!(parse_mountinfo("nonsense\n12 x\n - ").is_empty());
+        assert_eq!(unescape("a\\040b\\"), std::ffi::OsString::from("a b\\"));
+    }
+}

@@ -1,0 +1,175 @@
+//! Privileged runc tests of the exec gate: racing execs that swap the file behind an allowed
+//! exec (path buffer rewrite, symlink rename, fd-number swap) run a dropped binary with the
+//! seccomp stage alone, and never with the gate; image binaries keep running with the gate on.
+
+mod support;
+
+use driftguard_policy::Outcome;
+use driftguard_seccomp::ExecEvent;
+use support::{Bundle, Running};
+
+/// Racing tries per swap mode.
+const TRIES: usize = 300;
+
+/// Drops `/tmp/evil` (a modified copy of the test helper that exits 42 when it runs) and races
+/// an exec of the image's `/bin/tiny` against a swap to it, in each mode.
+fn race_script(modes: &[&str]) -> String {
+    let mut script = String::from(
+        "cp /bin/xat /tmp/evil; echo x >> /tmp/evil; chmod 755 /tmp/evil\n\
+         /tmp/evil ran; echo direct-rc=$?\n",
+    );
+    for mode in modes {
+        script.push_str(&format!(
+            "/bin/xat swap {mode} /bin/tiny /tmp/evil {TRIES} /tmp/lnk\n"
+        ));
+    }
+    script
+}
+
+/// The counts one `xat swap` printed: (image ran, drift ran, denied).
+fn counts(output: &str, mode: &str) -> (usize, usize, usize) {
+    let prefix = format!("swap {mode} ");
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no result for swap {mode}:\n{output}"));
+    let field = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in `{line}`"))
+    };
+    (field("image"), field("drift"), field("denied"))
+}
+
+async fn race(exec_gate: bool, modes: &[&str]) -> (String, Vec<ExecEvent>) {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start_with(None, exec_gate)
+        .await
+        .expect("supervisor");
+    let script = race_script(modes);
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", &script]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    support::expect_line(&output, "direct-rc=126");
+    (output, supervisor.drain_events())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_on_no_racing_drifted_exec_runs_and_the_race_is_reported() {
+    let (output, events) = race(true, &["path", "link", "fd"]).await;
+    let mut caught_total = 0;
+    for mode in ["path", "link", "fd"] {
+        let (image, drift, denied) = counts(&output, mode);
+        println!("gate on, swap {mode}: image={image} drift={drift} denied={denied}");
+        assert_eq!(
+            drift, 0,
+            "a swapped-in drifted binary ran ({mode}):\n{output}"
+        );
+        assert!(image > 0, "the image binary never ran ({mode}):\n{output}");
+        caught_total += denied;
+    }
+    let caught: Vec<&ExecEvent> = events.iter().filter(|e| e.exec_gate).collect();
+    assert!(
+        !caught.is_empty(),
+        "no exec was caught by the gate (seccomp stage denied {caught_total}):\n{output}"
+    );
+    for event in &caught {
+        assert_eq!(event.outcome, Outcome::Deny, "{event:#?}");
+        assert_eq!(event.path, "/tmp/evil", "{event:#?}");
+        assert_eq!(event.namespace, "tests");
+    }
+    println!("gate on: {} execs caught by the gate", caught.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_off_racing_drifted_execs_run() {
+    let modes = ["path", "link", "fd", "memfd"];
+    let (output, events) = race(false, &modes).await;
+    let mut drifted = 0;
+    for mode in modes {
+        let (image, drift, denied) = counts(&output, mode);
+        println!("gate off, swap {mode}: image={image} drift={drift} denied={denied}");
+        drifted += drift;
+    }
+    assert!(
+        drifted > 0,
+        "the race never won without the gate; the gate test proves nothing:\n{output}"
+    );
+    assert!(!events.iter().any(|e| e.exec_gate), "{events:#?}");
+}
+
+const IMAGE_LOOP: &str = r#"
+/bin/xat loop /bin/true 1000
+/bin/xat loop /bin/tiny 1000
+/bin/xat loop /usr/bin/gnu-true 300
+/bin/xat loop /opt/scenario/hello.sh 300
+cd /bin && ./busybox true; echo rel-rc=$?
+touch /bin/busybox; /bin/xat loop /bin/true 200
+mkdir /tmp/r; cp /bin/busybox /tmp/r/true; chmod 755 /tmp/r/true; /tmp/r/true; echo reloc-rc=$?
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_on_image_binaries_never_fail() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start_with(None, true).await.expect("supervisor");
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", IMAGE_LOOP]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    let loops = output
+        .lines()
+        .filter(|l| l.starts_with("loop done"))
+        .count();
+    assert_eq!(loops, 5, "{output}");
+    assert!(
+        output
+            .lines()
+            .all(|l| !l.starts_with("loop done") || l == "loop done failed=0"),
+        "{output}"
+    );
+    for line in ["rel-rc=0", "reloc-rc=0"] {
+        support::expect_line(&output, line);
+    }
+    let events = supervisor.drain_events();
+    assert!(!events.iter().any(|e| e.exec_gate), "{events:#?}");
+    assert!(
+        events.iter().all(|e| e.path == "/tmp/r/true"),
+        "only the relocated binary alerts: {events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_execs_on_marked_filesystems_are_allowed() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let supervisor = Running::start_with(None, true).await.expect("supervisor");
+    let script = "cp /bin/xat /root/evil; echo x >> /root/evil; chmod 755 /root/evil; \
+                  /root/evil ran; echo rc=$? > /root/done; sleep 60";
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
+    let status = support::blocking(move || {
+        bundle.start_detached()?;
+        let done = bundle.rootfs().join("root/done");
+        for _ in 0..500 {
+            if done.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let inside = std::fs::read_to_string(&done)?;
+        // The same dropped file, executed by a host process through the host's view of the
+        // container's overlay (a filesystem mark of the gate covers it): allowed at once.
+        let host = std::process::Command::new(bundle.rootfs().join("root/evil"))
+            .arg("ran")
+            .status()?;
+        drop(bundle);
+        anyhow::Ok((inside, host))
+    })
+    .await
+    .expect("host exec");
+    assert_eq!(
+        status.0.trim(),
+        "rc=126",
+        "inside the container drift is denied"
+    );
+    assert_eq!(status.1.code(), Some(42), "the host exec ran");
+}
