@@ -24,7 +24,9 @@
 //! Results are cached per container by file identity `(dev, ino, size, mtime, ctime)`.
 //!
 //! Limits: a file larger than [`MAX_HASHED_SIZE`] is not hashed at all, and hashing stops after
-//! [`MAX_HASH_TIME`]; both give the failure policy, as does a decision timeout that hits first.
+//! the supervisor's decision timeout ([`DEFAULT_HASH_TIME`] unless configured); both give the
+//! failure policy. Hashing runs on a blocking thread that the decision timeout cannot cancel, so
+//! its own deadline is what stops it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -187,13 +189,20 @@ pub fn by_content(
 
 /// Largest file hashed on the exec path; a larger one fails with `EFBIG` before any read.
 pub const MAX_HASHED_SIZE: u64 = 1 << 30;
-/// Hashing gives up with `ETIMEDOUT` after this long (the default decision timeout).
-pub const MAX_HASH_TIME: Duration = Duration::from_secs(2);
+/// How long hashing may take when no decision timeout is configured (the supervisor's default
+/// decision timeout).
+pub const DEFAULT_HASH_TIME: Duration = Duration::from_secs(2);
 
 /// Hashes an `O_PATH` file's content by reopening it for reading, within [`MAX_HASHED_SIZE`]
-/// bytes and [`MAX_HASH_TIME`].
+/// bytes and [`DEFAULT_HASH_TIME`].
 pub fn hash_opened(file: &OwnedFd) -> io::Result<[u8; 32]> {
-    hash_bounded(file, MAX_HASHED_SIZE, Instant::now() + MAX_HASH_TIME)
+    hash_opened_within(file, DEFAULT_HASH_TIME)
+}
+
+/// Hashes an `O_PATH` file's content within [`MAX_HASHED_SIZE`] bytes and `limit` (the
+/// supervisor passes its decision timeout); too long gives `ETIMEDOUT`.
+pub fn hash_opened_within(file: &OwnedFd, limit: Duration) -> io::Result<[u8; 32]> {
+    hash_bounded(file, MAX_HASHED_SIZE, Instant::now() + limit)
 }
 
 /// Hashes at most `max_size` bytes before `deadline`; a bigger file (checked with `fstat`
@@ -389,5 +398,16 @@ mod tests {
         assert!(is_dynamic_loader(Path::new("/lib64/ld-linux-x86-64.so.2")));
         assert!(is_dynamic_loader(Path::new("/lib/ld-musl-x86_64.so.1")));
         assert!(!is_dynamic_loader(Path::new("/bin/ldconfig")));
+    }
+
+    #[test]
+    fn hashing_stops_at_the_given_limit() {
+        let file = tempfile::NamedTempFile::new().expect("temp");
+        std::fs::write(file.path(), vec![7u8; 4096]).expect("write");
+        let fd = rfs::open(file.path(), rfs::OFlags::PATH, rfs::Mode::empty()).expect("open");
+        let late = hash_opened_within(&fd, Duration::ZERO).expect_err("no time at all");
+        assert_eq!(late.raw_os_error(), Some(libc::ETIMEDOUT));
+        let hash = hash_opened_within(&fd, Duration::from_secs(5)).expect("in time");
+        assert_eq!(hash, *blake3::hash(&[7u8; 4096]).as_bytes());
     }
 }

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use driftguard_policy::Scope;
 use tokio::sync::watch;
@@ -34,6 +35,7 @@ pub struct Container {
     /// Verdicts by file identity.
     pub cache: VerdictCache,
     image: watch::Receiver<ImageSlot>,
+    decision_timeout: Duration,
 }
 
 impl std::fmt::Debug for Container {
@@ -78,7 +80,19 @@ impl Container {
             layers,
             cache: VerdictCache::default(),
             image: rx,
+            decision_timeout: crate::classify::DEFAULT_HASH_TIME,
         }
+    }
+
+    /// Sets the supervisor's decision timeout, which also bounds hashing an exec target.
+    pub fn with_decision_timeout(mut self, timeout: Duration) -> Container {
+        self.decision_timeout = timeout;
+        self
+    }
+
+    /// The decision timeout this container's execs are decided within.
+    pub fn decision_timeout(&self) -> Duration {
+        self.decision_timeout
     }
 
     /// The container's image view, waiting for it if it is still being built.

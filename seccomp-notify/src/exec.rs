@@ -373,7 +373,8 @@ async fn by_content(
             pid: 0,
             source,
         })?;
-    let hash = tokio::task::spawn_blocking(move || classify::hash_opened(&dup))
+    let limit = container.decision_timeout();
+    let hash = tokio::task::spawn_blocking(move || classify::hash_opened_within(&dup, limit))
         .await
         .map_err(|err| AssessError::Io {
             step: "hashing",
