@@ -281,11 +281,10 @@ impl Shared {
             return existing;
         }
         let mountinfo = std::fs::read_to_string(&self.config.mountinfo_path).unwrap_or_default();
-        let container = Arc::new(Container::from_state(
-            state,
-            &mountinfo,
-            self.images.clone(),
-        ));
+        let container = Arc::new(
+            Container::from_state(state, &mountinfo, self.images.clone())
+                .with_decision_timeout(self.config.decision_timeout),
+        );
         if container.layers.is_none() {
             warn!(container_id = %state.state.id, bundle = %state.state.bundle.display(),
                   "container rootfs is not an overlay; every exec is classified by content");
