@@ -35,6 +35,9 @@ pub struct Config {
     pub start_holder: bool,
     /// Longest exec decision in milliseconds before the failure policy answers.
     pub decision_timeout_ms: u64,
+    /// Re-check the file each allowed exec really opens with fanotify (the exec gate), so a
+    /// racing thread cannot swap it after the seccomp check.
+    pub exec_gate: bool,
     /// Namespaces whose containers never get the exec filter, whatever the policy: driftguard's
     /// own, so that its pods can start while the supervisor is down (after a node reboot, with
     /// the failure policy `closed`, nothing else could start them).
@@ -96,6 +99,7 @@ impl Default for Config {
             holder_socket: "/run/driftguard/fd-holder.sock".into(),
             start_holder: true,
             decision_timeout_ms: 2000,
+            exec_gate: true,
             exempt_namespaces: vec!["driftguard".into()],
             nri: NriConfig::default(),
             runc: RuncConfig::default(),
@@ -199,6 +203,16 @@ mod tests {
         assert_eq!(c.cluster, "prod");
         assert_eq!(c.nri.socket, PathBuf::from("/x/nri.sock"));
         assert_eq!(c.nri.plugin_index, "10");
+    }
+
+    #[test]
+    fn exec_gate_is_on_unless_turned_off() {
+        assert!(Config::from_yaml("", "c").unwrap().exec_gate);
+        assert!(
+            !Config::from_yaml("execGate: false\n", "c")
+                .unwrap()
+                .exec_gate
+        );
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn supervisor_config(config: &Config) -> SupervisorConfig {
         Some(config.holder_socket.clone()),
     );
     sc.decision_timeout = Duration::from_millis(config.decision_timeout_ms);
+    sc.exec_gate = config.exec_gate;
     sc
 }
 
