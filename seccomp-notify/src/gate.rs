@@ -16,18 +16,18 @@
 //!   (two containers of a pod sharing a volume) harmless: the verdict depends on who executes,
 //!   not on which mark reported it.
 //! - **Marks** come from `/proc/<pid>/mountinfo` of a process of the container, each mount
-//!   point opened through `/proc/<pid>/root` with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`
-//!   and accepted only when `statx` reports the mount id that mountinfo listed (a container
-//!   cannot redirect the mark to a host path). The overlay rootfs and filesystems that exist only
-//!   inside the container (its `/tmp`, `/dev`, `/dev/shm` tmpfs: their device is absent from the
-//!   daemon's own mount table) get `FAN_MARK_FILESYSTEM`, which also covers later bind mounts of
-//!   them; everything else (volumes and files bind-mounted from host filesystems) gets
-//!   `FAN_MARK_MOUNT` on the container's own mount, so host execs on those filesystems never
-//!   reach the gate. `noexec` mounts and pseudo filesystems (proc, sysfs, cgroup, devpts, ...)
-//!   are not marked.
+//!   point opened through `/proc/<pid>/root` with `openat2(RESOLVE_IN_ROOT |
+//!   RESOLVE_NO_SYMLINKS)` and accepted only when `statx` reports the mount id that mountinfo
+//!   listed (a container cannot redirect the mark to a host path). The overlay rootfs and
+//!   filesystems that exist only inside the container (its `/tmp`, `/dev`, `/dev/shm` tmpfs:
+//!   their device is in neither the daemon's nor the host init's mount table) get
+//!   `FAN_MARK_FILESYSTEM`, which also covers later bind mounts of them; everything else
+//!   (volumes and files bind-mounted from host filesystems) gets `FAN_MARK_MOUNT` on the
+//!   container's own mount, so host execs on those filesystems never reach the gate. `noexec`
+//!   mounts and pseudo filesystems (proc, sysfs, cgroup, devpts, ...) are not marked.
 //! - **Verdicts**: an untouched image file (by file identity, in [`Container::cache`]) is
 //!   allowed without more work. Anything else is classified from the event's fd with the same
-//!   code and cache as the seccomp stage ([`crate::exec::classify_opened`]: layer placement,
+//!   code and cache as the seccomp stage (`exec::classify_opened`: layer placement,
 //!   bounded hashing, never a lower-layer file) and decided by policy. A file the seccomp stage
 //!   classified before it answered is a cache hit: allow and alert pass silently (that stage
 //!   reported them). A deny, or an alert for a file no stage had classified (a race the policy
@@ -40,7 +40,8 @@
 //! before its notify fd is served, so no exec answered `CONTINUE` by the seccomp stage escapes
 //! the gate; every permission event gets exactly one answer.
 //!
-//! Limits: when the group closes (the daemon dies) the kernel allows every pending and later
+//! Limits: every exec of a monitored container costs a second round trip to user space (the
+//! gate thread), measured in docs/supervisor.md. When the group closes (the daemon dies) the kernel allows every pending and later
 //! exec of the marked filesystems; the fd holder keeps only the seccomp stage alive, and a
 //! restarted supervisor marks each container again when it takes its notify fd back. The kernel
 //! refuses marks on its internal memfd mount (`EINVAL`), so a `memfd` swapped in under an
@@ -224,16 +225,13 @@ impl Gate {
         }
         let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
             .map_err(|e| fail("mountinfo", e))?;
-        let host = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| fail("the daemon's mountinfo", e))?;
         let root = rfs::open(
             format!("/proc/{pid}/root"),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| fail("root", e.into()))?;
-        let host_devs: HashSet<String> =
-            parse_mountinfo(&host).into_iter().map(|m| m.dev).collect();
+        let host_devs = host_devices();
         let mut marked = 0;
         for mount in parse_mountinfo(&mountinfo) {
             if !mount.executable() {
@@ -504,6 +502,18 @@ fn parent_of(pid: u32) -> Option<(u32, String)> {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     Some((ppid, exe))
+}
+
+/// Devices of every filesystem mounted outside containers: in the daemon's own mount table and
+/// in that of the host's init (they differ when the daemon runs in a pod with the host's pid
+/// namespace). An unreadable table adds nothing.
+fn host_devices() -> HashSet<String> {
+    ["/proc/self/mountinfo", "/proc/1/mountinfo"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|text| parse_mountinfo(&text))
+        .map(|mount| mount.dev)
+        .collect()
 }
 
 /// The inode of a process's mount namespace.
