@@ -19,7 +19,8 @@
 //! in the image).
 //!
 //! Limits: `CONTINUE` is advisory (seccomp_unotify(2)): a racing thread can rewrite the path
-//! after the check. Denials are race-free.
+//! after the check. Denials are race-free; [`crate::gate`] re-checks the file an allowed exec
+//! really opens.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};

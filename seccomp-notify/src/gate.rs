@@ -104,6 +104,16 @@ pub enum GateError {
     /// The gate thread could not be set up.
     #[error("exec gate thread: {0}")]
     Thread(io::Error),
+    /// The process is not (provably) one of the container's.
+    #[error("pid {pid} is not in container {container}: {reason}")]
+    NotContainer {
+        /// The process.
+        pid: u32,
+        /// Container id.
+        container: String,
+        /// Why not.
+        reason: &'static str,
+    },
     /// A process of the container could not be inspected.
     #[error("{what} of pid {pid} (container {container}): {source}")]
     Process {
@@ -190,22 +200,31 @@ impl Gate {
             .ok()
     }
 
-    /// [`Gate::watch`] for the hand-off of process `pid`; a failure is logged (that container's
-    /// execs are then decided by the seccomp stage alone).
-    pub fn watch_logged(&self, container: &Arc<Container>, pid: i64) {
-        let Ok(pid) = u32::try_from(pid) else {
-            warn!(container_id = %container.id, pid, "exec gate: hand-off without a usable pid");
-            return;
-        };
-        if let Err(err) = self.watch(container, pid) {
-            warn!(container_id = %container.id, error = %err,
-                  "exec gate is not watching a container");
+    /// [`Gate::watch`] with the first of `pids` (a hand-off's process, then the container's
+    /// init: after a restart the first may be gone) that proves to be in the container; a
+    /// failure is logged (that container's execs are then decided by the seccomp stage alone).
+    pub fn watch_logged(&self, container: &Arc<Container>, pids: &[i64]) {
+        let mut last = None;
+        for pid in pids.iter().filter_map(|&pid| u32::try_from(pid).ok()) {
+            match self.watch(container, pid) {
+                Ok(_) => return,
+                Err(err) => last = Some(err),
+            }
         }
+        let error = last
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no pid".into());
+        warn!(container_id = %container.id, error = %error,
+              "exec gate is not watching a container");
     }
 
     /// Registers a container by the mount namespace of `pid` (one of its processes) and marks
     /// its mounts; returns how many were marked. A namespace already registered for a live
     /// container is left as it is.
+    ///
+    /// A pid that may have been recycled (a hand-off replayed after a restart) must not bring
+    /// the host under the container's policy: the host's mount namespaces are refused, and when
+    /// the container's overlay is known, the process's root must be that overlay.
     pub fn watch(&self, container: &Arc<Container>, pid: u32) -> Result<usize, GateError> {
         let fail = |what, source| GateError::Process {
             what,
@@ -214,6 +233,15 @@ impl Gate {
             source,
         };
         let ns = mount_ns(pid).map_err(|e| fail("mount namespace", e))?;
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .map_err(|e| fail("mountinfo", e))?;
+        if let Err(reason) = in_container(container, ns, &mountinfo) {
+            return Err(GateError::NotContainer {
+                pid,
+                container: container.id.clone(),
+                reason,
+            });
+        }
         {
             let mut namespaces = lock(&self.inner.namespaces);
             namespaces.retain(|_, weak| weak.strong_count() > 0);
@@ -223,8 +251,6 @@ impl Gate {
             // Registered before the first mark: an event can only come for a known namespace.
             namespaces.insert(ns, Arc::downgrade(container));
         }
-        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-            .map_err(|e| fail("mountinfo", e))?;
         let root = rfs::open(
             format!("/proc/{pid}/root"),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -504,6 +530,24 @@ fn parent_of(pid: u32) -> Option<(u32, String)> {
     Some((ppid, exe))
 }
 
+/// Whether a process with mount namespace `ns` and this mount table belongs to `container`.
+fn in_container(container: &Container, ns: u64, mountinfo: &str) -> Result<(), &'static str> {
+    let host = ["/proc/self/ns/mnt", "/proc/1/ns/mnt"]
+        .iter()
+        .filter_map(|path| rfs::stat(*path).ok())
+        .any(|stat| stat.st_ino == ns);
+    if host {
+        return Err("it shares the host's mount namespace");
+    }
+    let Some(upper) = container.layers.as_ref().and_then(|l| l.upperdir.as_ref()) else {
+        return Ok(());
+    };
+    match crate::mountinfo::overlay_at(mountinfo, Path::new("/")) {
+        Some(root) if root.upperdir.as_ref() == Some(upper) => Ok(()),
+        _ => Err("its root is not the container's overlay"),
+    }
+}
+
 /// Devices of every filesystem mounted outside containers: in the daemon's own mount table and
 /// in that of the host's init (they differ when the daemon runs in a pod with the host's pid
 /// namespace). An unreadable table adds nothing.
@@ -633,6 +677,35 @@ mod tests {
             ]
         );
         assert_eq!(mounts[0].id, 1201);
+    }
+
+    /// A container record without layers (empty host mount table).
+    fn container(id: &str) -> Arc<Container> {
+        let state = serde_json::json!({
+            "pid": 1, "state": {"id": id, "status": "creating", "pid": 1, "bundle": "/nonexistent"}
+        });
+        let state = serde_json::from_value(state).expect("state");
+        let images = Arc::new(driftguard_image_index::IndexCache::new(
+            "/nonexistent".into(),
+        ));
+        Arc::new(Container::from_state(&state, "", images))
+    }
+
+    #[tokio::test]
+    async fn the_host_is_never_watched_as_a_container() {
+        let policy = driftguard_policy::Policy::default_policy();
+        let decider: Arc<dyn Decider> = Arc::new(driftguard_policy::PolicyStore::new(policy));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel::<ExecEvent>();
+        let sink: Arc<dyn EventSink> = Arc::new(tx);
+        let gate = Gate::start(decider, sink, Duration::from_secs(2)).expect("gate (needs root)");
+        let host = container("host-pid");
+        match gate.watch(&host, std::process::id()) {
+            Err(GateError::NotContainer { reason, .. }) => assert!(reason.contains("host")),
+            other => panic!("the test process watched as a container: {other:?}"),
+        }
+        // The host's init: refused as the host, or not even readable in a sandbox.
+        assert!(gate.watch(&host, 1).is_err());
+        assert!(lock(&gate.inner.namespaces).is_empty());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! Modules: [`oci`] merges profiles; [`handoff`] receives fds; [`supervisor`] serves them
 //! ([`exec`] decides one notification with [`target`], [`resolve`] and [`classify`]);
-//! [`holder`] keeps duplicates across supervisor restarts; [`sys`] is the only unsafe code.
+//! [`holder`] keeps duplicates across supervisor restarts; [`gate`] re-checks the file an
+//! allowed exec really opens (fanotify). [`sys`] and [`fanotify`] hold the only unsafe code.
 //!
 //! Invariant: when the supervisor cannot decide, the configured failure policy answers (deny by
 //! default); a decision is never made on a path name alone.

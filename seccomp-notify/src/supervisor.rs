@@ -296,7 +296,7 @@ impl Shared {
     fn serve(self: Arc<Self>, state: ProcessState, fd: OwnedFd) {
         let container = self.container(&state);
         if let Some(gate) = &self.gate {
-            gate.watch_logged(&container, state.pid);
+            gate.watch_logged(&container, &[state.pid, state.state.pid]);
         }
         info!(container_id = %container.id, pid = state.pid, status = %state.state.status,
               "serving notify fd");
