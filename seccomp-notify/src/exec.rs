@@ -56,6 +56,10 @@ pub struct Target {
     /// Other files the kernel loads with this exec (script and ELF interpreters) that are not
     /// untouched image files; each is decided too and the strictest outcome answers.
     pub loaded: Vec<Target>,
+    /// Identities of every file the kernel opens for this exec, checked or not: the executed
+    /// file, then each interpreter (empty on the entries of `loaded`). The exec gate lets
+    /// exactly these through for the caller when the exec is allowed.
+    pub opened: Vec<FileKey>,
 }
 
 /// Why an exec could not be classified (the failure policy answers).
@@ -143,14 +147,17 @@ pub async fn assess(
     }
     let (path, verdict) = classify_opened(container, &caller, pid, &opened).await?;
     let header = header_of(container, &opened, pid)?;
-    let target = Target {
+    let mut target = Target {
         path,
         verdict,
         loaded: Vec::new(),
+        opened: vec![FileKey::of(&opened.stat)],
     };
     if runs_loader_trick(&target, &header) {
         let argv = target::read_argv(pid, argv_addr, abi);
         if let Some(mut program) = loader_program_target(container, &caller, pid, &argv).await? {
+            // The kernel opens the loader for exec; the loader opens its program itself.
+            program.opened = std::mem::take(&mut target.opened);
             if !is_clean(target.verdict.class) {
                 program.loaded.push(target);
             }
@@ -245,11 +252,13 @@ impl Chain<'_> {
             }
             let (path, verdict) =
                 classify_opened(self.container, self.caller, self.pid, &opened).await?;
+            target.opened.push(FileKey::of(&opened.stat));
             if !is_clean(verdict.class) {
                 target.loaded.push(Target {
                     path,
                     verdict,
                     loaded: Vec::new(),
+                    opened: Vec::new(),
                 });
             }
             if !is_script {
@@ -419,6 +428,7 @@ async fn loader_program_target(
         path,
         verdict,
         loaded: Vec::new(),
+        opened: Vec::new(),
     }))
 }
 

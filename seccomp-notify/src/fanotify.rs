@@ -31,7 +31,9 @@ pub enum MarkKind {
 pub struct PermissionEvent {
     /// The file the kernel opened for the exec (read-only, owned by the gate).
     pub file: OwnedFd,
-    /// Thread group id of the process that is executing (in the daemon's pid namespace).
+    /// Thread id of the thread that is executing (in the daemon's pid namespace; the group
+    /// reports thread ids, `FAN_REPORT_TID`): the id its exec notification carried, and one
+    /// that stays valid while the thread waits even when its group leader has exited.
     pub pid: i32,
 }
 
@@ -45,9 +47,11 @@ pub struct Group {
 const METADATA_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
 
 impl Group {
-    /// Creates a non-blocking permission group (`FAN_CLASS_CONTENT`).
+    /// Creates a non-blocking permission group (`FAN_CLASS_CONTENT`) that reports thread ids
+    /// (`FAN_REPORT_TID`).
     pub fn new() -> io::Result<Group> {
-        let flags = libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+        let flags =
+            libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_TID;
         let event_flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_LARGEFILE) as libc::c_uint;
         // SAFETY: fanotify_init takes two flag words and returns a new fd or -1; no memory is
         // shared with the kernel.

@@ -25,8 +25,16 @@
 //!   (volumes and files bind-mounted from host filesystems) gets `FAN_MARK_MOUNT` on the
 //!   container's own mount, so host execs on those filesystems never reach the gate. `noexec`
 //!   mounts and pseudo filesystems (proc, sysfs, cgroup, devpts, ...) are not marked.
-//! - **Verdicts**: an untouched image file (by file identity, in [`Container::cache`]) is
-//!   allowed without more work. Anything else is classified from the event's fd with the same
+//! - **Identity of the caller**: the group reports thread ids (`FAN_REPORT_TID`), the id the
+//!   exec's seccomp notification carried. A thread whose mount namespace cannot be read (it
+//!   waits for this answer, so only a thread being killed can vanish) is denied, never taken
+//!   for the host: a thread group whose leader has exited is still placed by the executing
+//!   thread's own entry.
+//! - **Verdicts**: right before the seccomp stage answers `CONTINUE`, it records for that thread
+//!   the identities of the files it allowed the exec to open ([`Gate::expect`]); the kernel's
+//!   open of exactly one of those by that thread, within the decision timeout, is allowed at
+//!   once, without the namespace lookup (the common case). Otherwise: an untouched image file
+//!   (by file identity, in [`Container::cache`]) is allowed without more work. Anything else is classified from the event's fd with the same
 //!   code and cache as the seccomp stage (`exec::classify_opened`: layer placement,
 //!   bounded hashing, never a lower-layer file) and decided by policy. A file the seccomp stage
 //!   classified before it answered is a cache hit: allow and alert pass silently (that stage
@@ -59,7 +67,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driftguard_policy::{FailurePolicy, Outcome};
 use futures::FutureExt;
@@ -149,7 +157,19 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Mount namespace inode → the container registered with it.
     namespaces: Mutex<HashMap<u64, Weak<Container>>>,
+    /// Thread id → the files the seccomp stage let that thread's latest exec open.
+    expected: Mutex<HashMap<u32, Expected>>,
 }
+
+/// What the seccomp stage allowed one thread's exec to open, and when.
+struct Expected {
+    files: Vec<FileKey>,
+    at: Instant,
+}
+
+/// Expected execs kept before old ones are dropped (a thread's entry is replaced by its next
+/// exec; entries of threads that never reached the kernel's open expire).
+const EXPECTED_LIMIT: usize = 4096;
 
 impl Gate {
     /// Creates the fanotify group and starts the gate thread. Must run inside a tokio runtime.
@@ -169,6 +189,7 @@ impl Gate {
             timeout,
             runtime,
             namespaces: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
         });
         let thread_inner = inner.clone();
         std::thread::Builder::new()
@@ -198,6 +219,25 @@ impl Gate {
                 error!(error = %err, "exec gate unavailable; allowed execs are not re-checked");
             })
             .ok()
+    }
+
+    /// Records, right before the seccomp stage answers `CONTINUE` to thread `tid`, the files it
+    /// resolved, classified and allowed for that exec (the executed file and the interpreters
+    /// the kernel loads with it). The kernel's exec open of one of exactly these files by that
+    /// thread within the decision timeout is allowed without another look; any other file is
+    /// decided from scratch. Identity is the file's (device, inode, size, mtime, ctime), so a
+    /// file swapped in by a race never matches.
+    pub fn expect(&self, tid: u32, files: Vec<FileKey>) {
+        let at = Instant::now();
+        let mut expected = lock(&self.inner.expected);
+        if expected.len() >= EXPECTED_LIMIT {
+            let timeout = self.inner.timeout;
+            expected.retain(|_, e| at.duration_since(e.at) < timeout);
+            if expected.len() >= EXPECTED_LIMIT {
+                expected.clear();
+            }
+        }
+        expected.insert(tid, Expected { files, at });
     }
 
     /// [`Gate::watch`] with the first of `pids` (a hand-off's process, then the container's
@@ -342,18 +382,41 @@ impl Inner {
         }
     }
 
-    /// The container a process belongs to, by its mount namespace.
-    fn container_of(&self, pid: i32) -> Option<Arc<Container>> {
-        let ns = mount_ns(u32::try_from(pid).ok()?).ok()?;
-        lock(&self.namespaces).get(&ns).and_then(Weak::upgrade)
+    /// The container a thread belongs to, by its mount namespace: `None` for a namespace no
+    /// container registered (the host, unmonitored containers).
+    fn container_of(&self, tid: u32) -> io::Result<Option<Arc<Container>>> {
+        let ns = mount_ns(tid)?;
+        Ok(lock(&self.namespaces).get(&ns).and_then(Weak::upgrade))
+    }
+
+    /// Whether the seccomp stage just allowed thread `tid` to exec exactly this file.
+    fn expected(&self, tid: u32, key: &FileKey) -> bool {
+        lock(&self.expected)
+            .get(&tid)
+            .is_some_and(|e| e.at.elapsed() < self.timeout && e.files.contains(key))
     }
 
     fn handle(self: &Arc<Self>, event: PermissionEvent) {
-        let Some(container) = self.container_of(event.pid) else {
-            return self.answer(event, true);
+        // A thread id the daemon cannot see (0) or a negative one cannot be identified.
+        let pid = u32::try_from(event.pid).unwrap_or(0);
+        let stat = rfs::fstat(&event.file);
+        // The hot path: the file the seccomp stage allowed this very thread to exec.
+        if let Ok(stat) = &stat {
+            if pid != 0 && stat.st_nlink > 0 && self.expected(pid, &FileKey::of(stat)) {
+                return self.answer(event, true);
+            }
+        }
+        let container = match self.container_of(pid) {
+            Ok(Some(container)) => container,
+            Ok(None) => return self.answer(event, true),
+            Err(err) => {
+                // The thread waits for this answer, so its /proc entry exists unless it is
+                // being killed; a thread that cannot be placed is not let through.
+                warn!(pid, error = %err, "exec gate cannot tell whose exec this is; denied");
+                return self.answer(event, false);
+            }
         };
-        let pid = event.pid as u32;
-        let stat = match rfs::fstat(&event.file) {
+        let stat = match stat {
             Ok(stat) => stat,
             Err(err) => return self.fail(&container, event, "", err.to_string()),
         };

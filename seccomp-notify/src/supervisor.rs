@@ -396,7 +396,12 @@ impl Shared {
                     .then(|| self.event(container, notif, &facts, Some(decision), None));
                 let sent = match outcome {
                     Outcome::Deny => sys::send_errno(fd_ref, notif.id, libc::EPERM),
-                    Outcome::Allow | Outcome::Alert => sys::send_continue(fd_ref, notif.id),
+                    Outcome::Allow | Outcome::Alert => {
+                        if let Some(gate) = &self.gate {
+                            gate.expect(notif.pid, target.opened.clone());
+                        }
+                        sys::send_continue(fd_ref, notif.id)
+                    }
                 };
                 self.stats.record(started.elapsed());
                 if let Some(event) = event {

@@ -29,7 +29,7 @@ static int xexecveat(int dirfd, const char *path, char **argv, int flags) {
 struct swap {
     const char *mode, *image, *drift, *link;
     char path[256];
-    int fd, image_fd, drift_fd;
+    int fd, image_fd, drift_fd, leader_exits;
     volatile int started;
 };
 
@@ -66,9 +66,17 @@ static int memfd_of(const char *path) {
     return mfd;
 }
 
+static void *swap_exec(void *arg) {
+    struct swap *s = arg;
+    char *args[] = {"x", "ran", NULL};
+    if (s->fd >= 0) xexecveat(s->fd, "", args, AT_EMPTY_PATH);
+    else if (!strcmp(s->mode, "link")) execve(s->link, args, environ);
+    else execve(s->path, args, environ);
+    _exit(errno == EPERM ? 126 : 125);
+}
+
 /* One try in a child: 0 = the image ran, 42 = the drift ran, 126 = EPERM, 125 = other errno. */
 static void swap_child(struct swap *s) {
-    char *args[] = {"x", "ran", NULL};
     if (!strcmp(s->mode, "fd") || !strcmp(s->mode, "memfd")) {
         s->image_fd = open(s->image, O_PATH | O_CLOEXEC);
         s->drift_fd = !strcmp(s->mode, "memfd") ? memfd_of(s->drift) : open(s->drift, O_PATH | O_CLOEXEC);
@@ -78,16 +86,22 @@ static void swap_child(struct swap *s) {
     pthread_t thread;
     pthread_create(&thread, NULL, flipper, s);
     while (!s->started) {}
-    if (s->fd >= 0) xexecveat(s->fd, "", args, AT_EMPTY_PATH);
-    else if (!strcmp(s->mode, "link")) execve(s->link, args, environ);
-    else execve(s->path, args, environ);
-    _exit(errno == EPERM ? 126 : 125);
+    if (s->leader_exits) {
+        /* The exec runs in another thread once the group leader has exited (a zombie). */
+        pthread_t execer;
+        pthread_create(&execer, NULL, swap_exec, s);
+        pthread_exit(NULL);
+    }
+    swap_exec(s);
 }
 
-/* xat swap MODE IMAGE DRIFT COUNT [LINK]: MODE path|link|fd|memfd; counts what ran. */
+/* xat swap MODE[-lx] IMAGE DRIFT COUNT [LINK]: MODE path|link|fd|memfd; counts what ran.
+   With "-lx" the exec comes from a second thread after the main thread exited. */
 static int swap_race(int argc, char **argv) {
     struct swap s = {.mode = argv[2], .image = argv[3], .drift = argv[4],
                      .link = argc >= 7 ? argv[6] : "/tmp/xat-swap-link", .fd = -1};
+    char *suffix = strstr(argv[2], "-lx");
+    if (suffix && suffix[3] == 0) { *suffix = 0; s.leader_exits = 1; }
     int count = atoi(argv[5]), image = 0, drift = 0, denied = 0, other = 0;
     if (!strcmp(s.mode, "link")) { unlink(s.link); symlink(s.image, s.link); }
     for (int i = 0; i < count; i++) {
@@ -101,7 +115,8 @@ static int swap_race(int argc, char **argv) {
         else if (code == 126) denied++;
         else other++;
     }
-    printf("swap %s image=%d drift=%d denied=%d other=%d\n", s.mode, image, drift, denied, other);
+    printf("swap %s%s image=%d drift=%d denied=%d other=%d\n", s.mode, s.leader_exits ? "-lx" : "",
+           image, drift, denied, other);
     return 0;
 }
 
