@@ -314,9 +314,65 @@ fn drift_event(event: ExecEvent, cluster: &str, node: &str) -> DriftEvent {
     alert.set_argv(event.argv);
     alert.hash = event.hash;
     alert.error = event.error;
+    alert.exec_gate = event.exec_gate;
     alert.parent = event.parent.map(|(pid, exe)| ParentProcess {
         pid,
         exe: (!exe.is_empty()).then_some(exe),
     });
     alert
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_event(exec_gate: bool) -> ExecEvent {
+        ExecEvent {
+            container_id: "c1".into(),
+            namespace: "demo".into(),
+            pod: "web-0".into(),
+            container: "app".into(),
+            image: "registry.example/web:1".into(),
+            pid: 4242,
+            path: "/tmp/evil".into(),
+            argv: vec!["/tmp/evil".into(), "-x".into()],
+            class: Some(VerdictClass::NewFile),
+            hash: Some("ab".repeat(32)),
+            rule: "block-demo".into(),
+            action: Some(Action::Block),
+            outcome: driftguard_policy::Outcome::Deny,
+            allow_listed: false,
+            error: None,
+            parent: Some((4000, "/bin/busybox".into())),
+            exec_gate,
+        }
+    }
+
+    #[test]
+    fn alerts_carry_every_field_of_the_supervisor_event() {
+        let alert = drift_event(exec_event(true), "prod", "node-a");
+        assert_eq!(alert.rule, "block-demo");
+        assert_eq!(alert.class, VerdictClass::NewFile);
+        assert_eq!((alert.pid, alert.path.as_str()), (4242, "/tmp/evil"));
+        assert_eq!((alert.cluster.as_str(), alert.node.as_str()), ("prod", "node-a"));
+        assert_eq!(alert.parent.as_ref().map(|p| p.pid), Some(4000));
+        assert!(alert.exec_gate);
+        let json = serde_json::to_value(&alert).expect("json");
+        assert_eq!(json["exec_gate"], true);
+        assert_eq!(alert.to_falco("node-a")["output_fields"]["driftguard.exec_gate"], true);
+        assert!(!drift_event(exec_event(false), "prod", "node-a").exec_gate);
+    }
+
+    #[test]
+    fn a_failure_policy_answer_is_reported_as_such() {
+        let mut event = exec_event(false);
+        event.rule.clear();
+        event.class = None;
+        event.action = None;
+        event.error = Some("decision timed out after 2s".into());
+        let alert = drift_event(event, "prod", "node-a");
+        assert_eq!(alert.rule, "failure-policy");
+        assert_eq!(alert.class, VerdictClass::Undecided);
+        assert_eq!(alert.error.as_deref(), Some("decision timed out after 2s"));
+    }
 }

@@ -104,6 +104,10 @@ pub struct DriftEvent {
     /// Why the failure policy answered instead of the rule, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The exec gate caught it: the kernel opened a different file for the exec than the one
+    /// the exec was allowed for (a race), and that file was judged on its own.
+    #[serde(default)]
+    pub exec_gate: bool,
 }
 
 impl DriftEvent {
@@ -135,6 +139,7 @@ impl DriftEvent {
             hash: None,
             parent: None,
             error: None,
+            exec_gate: false,
         }
     }
 
@@ -208,6 +213,7 @@ impl DriftEvent {
             "driftguard.outcome": outcome_str(self.outcome),
             "driftguard.action": action_str(self.action),
             "driftguard.allow_listed": self.allow_listed,
+            "driftguard.exec_gate": self.exec_gate,
             "driftguard.hash": self.hash,
             "driftguard.node": self.node,
         });
