@@ -8,7 +8,8 @@
 //! Modules: [`oci`] merges profiles; [`handoff`] receives fds; [`supervisor`] serves them
 //! ([`exec`] decides one notification with [`target`], [`resolve`] and [`classify`]);
 //! [`holder`] keeps duplicates across supervisor restarts; [`gate`] re-checks the file an
-//! allowed exec really opens (fanotify). [`sys`] and [`fanotify`] hold the only unsafe code.
+//! allowed exec really opens (fanotify); [`memfd`] makes memfds of a blocking container's pid
+//! namespace non-executable. [`sys`], [`fanotify`] and [`memfd`] hold the only unsafe code.
 //!
 //! Invariant: when the supervisor cannot decide, the configured failure policy answers (deny by
 //! default); a decision is never made on a path name alone.
@@ -23,6 +24,7 @@ pub mod fanotify;
 pub mod gate;
 pub mod handoff;
 pub mod holder;
+pub mod memfd;
 pub mod mountinfo;
 pub mod oci;
 pub mod recover;

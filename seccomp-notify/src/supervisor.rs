@@ -69,6 +69,10 @@ pub struct SupervisorConfig {
     /// Re-check every exec open of a monitored container with fanotify (the exec gate, see
     /// [`crate::gate`]): closes the race after an allowed exec.
     pub exec_gate: bool,
+    /// Set `vm.memfd_noexec = 2` in the pid namespace of each container whose policy blocks
+    /// fileless execs, before its notify fd is served (see [`crate::memfd`]): closes the memfd
+    /// race the exec gate cannot see.
+    pub memfd_lockdown: bool,
 }
 
 impl SupervisorConfig {
@@ -80,6 +84,7 @@ impl SupervisorConfig {
             decision_timeout: Duration::from_secs(2),
             mountinfo_path: PathBuf::from("/proc/self/mountinfo"),
             exec_gate: true,
+            memfd_lockdown: true,
         }
     }
 }
@@ -108,6 +113,7 @@ struct Shared {
     containers: Mutex<HashMap<String, Weak<Container>>>,
     stats: Arc<DecisionStats>,
     gate: Option<crate::gate::Gate>,
+    memfd: Option<crate::memfd::Lockdown>,
     /// An eventfd, set when the supervisor runs and readable once it stops: every serving
     /// thread polls it too.
     stop: OnceLock<OwnedFd>,
@@ -128,6 +134,7 @@ impl Supervisor {
     ) -> Supervisor {
         let shared = Shared {
             gate: crate::gate::Gate::for_config(&config, &decider, &sink),
+            memfd: config.memfd_lockdown.then(crate::memfd::Lockdown::default),
             config,
             decider,
             images,
@@ -302,11 +309,17 @@ impl Shared {
               "serving notify fd");
         let runtime = Handle::current();
         let id = container.id.clone();
+        let pids = [state.pid, state.state.pid];
         let spawned = std::thread::Builder::new()
             .name(format!("dg-notify-{}", id.get(..5).unwrap_or(&id)))
             .stack_size(SERVE_STACK)
             .spawn(move || {
                 let _context = runtime.enter();
+                // Before the fd is served, so the container's first exec waits for the lock;
+                // on this thread, since it forks and waits.
+                if let Some(memfd) = &self.memfd {
+                    memfd.apply(&container, self.decider.as_ref(), &pids);
+                }
                 if let Err(err) = self.serve_fd(&runtime, &container, Arc::new(fd)) {
                     warn!(container_id = %container.id, error = %err, "notify fd loop ended");
                 }

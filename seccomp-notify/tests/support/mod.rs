@@ -341,14 +341,23 @@ impl Running {
 
     /// A supervisor with the exec gate on or off.
     pub async fn start_with(holder: Option<PathBuf>, exec_gate: bool) -> Result<Running> {
+        Running::start_configured(holder, BLOCK_POLICY, |config| config.exec_gate = exec_gate).await
+    }
+
+    /// A supervisor with a policy of its own and a configuration adjusted by `configure`.
+    pub async fn start_configured(
+        holder: Option<PathBuf>,
+        policy: &str,
+        configure: impl FnOnce(&mut SupervisorConfig),
+    ) -> Result<Running> {
         let dir = tempfile::Builder::new().prefix("dg-sup-").tempdir()?;
         let socket = dir.path().join("run/supervisor.sock");
-        let policy = Policy::from_yaml(BLOCK_POLICY, "test-policy")?;
+        let policy = Policy::from_yaml(policy, "test-policy")?;
         let store = PolicyStore::new(policy);
         let index = IndexCache::new(dir.path().join("index"));
         let (tx, events) = mpsc::unbounded_channel();
         let mut config = SupervisorConfig::new(socket.clone(), holder);
-        config.exec_gate = exec_gate;
+        configure(&mut config);
         let supervisor = Supervisor::new(config, Arc::new(store), Arc::new(index), Arc::new(tx));
         let stats = supervisor.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -214,5 +214,21 @@ int main(int argc, char **argv) {
         printf("loop done failed=%d\n", failed);
         return failed ? 1 : 0;
     }
+    if (!strcmp(mode, "mfd-flags")) { /* xat mfd-flags: what memfd_create gives in this pid ns */
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+        int exec_fd = memfd_create("exec", MFD_CLOEXEC | MFD_EXEC);
+        if (exec_fd < 0) printf("mfd-exec errno=%d\n", errno);
+        else printf("mfd-exec ok\n");
+        int plain = memfd_create("plain", MFD_CLOEXEC);
+        if (plain < 0) { printf("mfd-plain errno=%d\n", errno); return 0; }
+        int seals = fcntl(plain, F_GET_SEALS);
+        printf("mfd-plain exec-sealed=%d\n", seals >= 0 && (seals & F_SEAL_EXEC) ? 1 : 0);
+        return 0;
+    }
     return 2;
 }
