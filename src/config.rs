@@ -38,6 +38,9 @@ pub struct Config {
     /// Re-check the file each allowed exec really opens with fanotify (the exec gate), so a
     /// racing thread cannot swap it after the seccomp check.
     pub exec_gate: bool,
+    /// Set `vm.memfd_noexec = 2` in the pid namespace of every container whose policy blocks
+    /// fileless execs (Linux >= 6.6), so a memfd swapped in after an allowed exec cannot run.
+    pub memfd_lockdown: bool,
     /// Namespaces whose containers never get the exec filter, whatever the policy: driftguard's
     /// own, so that its pods can start while the supervisor is down (after a node reboot, with
     /// the failure policy `closed`, nothing else could start them).
@@ -100,6 +103,7 @@ impl Default for Config {
             start_holder: true,
             decision_timeout_ms: 2000,
             exec_gate: true,
+            memfd_lockdown: true,
             exempt_namespaces: vec!["driftguard".into()],
             nri: NriConfig::default(),
             runc: RuncConfig::default(),
@@ -213,6 +217,13 @@ mod tests {
                 .unwrap()
                 .exec_gate
         );
+    }
+
+    #[test]
+    fn memfd_lockdown_is_on_unless_turned_off() {
+        assert!(Config::from_yaml("", "c").unwrap().memfd_lockdown);
+        let off = Config::from_yaml("memfdLockdown: false\n", "c").unwrap();
+        assert!(!off.memfd_lockdown);
     }
 
     #[test]

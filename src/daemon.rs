@@ -129,6 +129,7 @@ fn supervisor_config(config: &Config) -> SupervisorConfig {
     );
     sc.decision_timeout = Duration::from_millis(config.decision_timeout_ms);
     sc.exec_gate = config.exec_gate;
+    sc.memfd_lockdown = config.memfd_lockdown;
     sc
 }
 
