@@ -11,8 +11,12 @@ use std::process::{Command, Stdio};
 use driftguard_seccomp::memfd::{self, LockError, Locked};
 use support::{Bundle, Running};
 
-/// Racing tries.
+/// Racing tries per swap.
 const TRIES: usize = 300;
+
+/// The swaps: a memfd `dup2`ed onto the fd of `execveat(fd, "", AT_EMPTY_PATH)`, and the exec
+/// path rewritten to `/proc/self/fd/N` of a memfd.
+const MODES: [&str; 2] = ["memfd", "memfd-path"];
 
 /// A policy whose every rule alerts: fileless execs run and are reported.
 const ALERT_POLICY: &str = "apiVersion: driftguard.dev/v1
@@ -24,22 +28,26 @@ spec:
 ";
 
 /// Prints the sysctl as the container sees it, what memfd_create gives, then races a memfd
-/// copy of a dropped binary (exits 42 when it runs) against an exec of the image's `/bin/tiny`.
+/// copy of a dropped binary (exits 42 when it runs) against an exec of the image's `/bin/tiny`
+/// in each of [`MODES`].
 fn race_script() -> String {
     format!(
         "echo noexec=$(cat /proc/sys/vm/memfd_noexec)\n\
          /bin/xat mfd-flags\n\
          cp /bin/xat /tmp/evil; echo x >> /tmp/evil; chmod 755 /tmp/evil\n\
-         /bin/xat swap memfd /bin/tiny /tmp/evil {TRIES}\n"
+         /bin/xat swap memfd /bin/tiny /tmp/evil {TRIES}\n\
+         /bin/xat swap-memfd-path /bin/tiny /tmp/evil {TRIES}\n"
     )
 }
 
-/// The counts `xat swap memfd` printed: (image ran, memfd ran, denied, other errno).
-fn counts(output: &str) -> (usize, usize, usize, usize) {
+/// The counts one swap printed (`mode` = `memfd` or `memfd-path`): (image ran, memfd ran,
+/// denied, other errno).
+fn counts(output: &str, mode: &str) -> (usize, usize, usize, usize) {
+    let prefix = format!("swap {mode} ");
     let line = output
         .lines()
-        .find(|l| l.starts_with("swap memfd "))
-        .unwrap_or_else(|| panic!("no result for swap memfd:\n{output}"));
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no result for swap {mode}:\n{output}"));
     let field = |name: &str| -> usize {
         line.split_whitespace()
             .find_map(|f| f.strip_prefix(&format!("{name}=")))
@@ -81,24 +89,35 @@ async fn race(lockdown: bool, policy: &str) -> String {
 async fn lock_on_no_racing_memfd_runs_and_memfds_are_sealed() {
     let host_before = host_value();
     let output = race(true, support::BLOCK_POLICY).await;
-    let (image, drift, denied, other) = counts(&output);
-    println!("lock on, swap memfd: image={image} memfd={drift} denied={denied} other={other}");
     support::expect_line(&output, "noexec=2");
     support::expect_line(&output, &format!("mfd-exec errno={}", libc::EACCES));
     support::expect_line(&output, "mfd-plain exec-sealed=1");
-    assert_eq!(drift, 0, "a swapped-in memfd ran under the lock:\n{output}");
-    assert!(image > 0, "the image binary never ran:\n{output}");
+    for mode in MODES {
+        let (image, drift, denied, other) = counts(&output, mode);
+        println!("lock on, swap {mode}: image={image} memfd={drift} denied={denied} other={other}");
+        assert_eq!(
+            drift, 0,
+            "a swapped-in memfd ran under the lock ({mode}):\n{output}"
+        );
+        assert!(image > 0, "the image binary never ran ({mode}):\n{output}");
+    }
     assert_eq!(host_value(), host_before, "the host's own value changed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_off_racing_memfds_run() {
     let output = race(false, support::BLOCK_POLICY).await;
-    let (image, drift, denied, other) = counts(&output);
-    println!("lock off, swap memfd: image={image} memfd={drift} denied={denied} other={other}");
     support::expect_line(&output, "mfd-exec ok");
+    let mut ran = 0;
+    for mode in MODES {
+        let (image, drift, denied, other) = counts(&output, mode);
+        println!(
+            "lock off, swap {mode}: image={image} memfd={drift} denied={denied} other={other}"
+        );
+        ran += drift;
+    }
     assert!(
-        drift > 0,
+        ran > 0,
         "the memfd race never won without the lock; the lock test proves nothing:\n{output}"
     );
 }

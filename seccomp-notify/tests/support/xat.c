@@ -230,5 +230,28 @@ int main(int argc, char **argv) {
         printf("mfd-plain exec-sealed=%d\n", seals >= 0 && (seals & F_SEAL_EXEC) ? 1 : 0);
         return 0;
     }
+    if (!strcmp(mode, "swap-memfd-path") && argc >= 5) {
+        /* xat swap-memfd-path IMAGE DRIFT COUNT: a thread flips the exec path between IMAGE and
+         * /proc/self/fd/N of a memfd copy of DRIFT; counts what ran, as swap does. */
+        int count = atoi(argv[4]), image = 0, drift = 0, denied = 0, other = 0;
+        for (int i = 0; i < count; i++) {
+            pid_t child = fork();
+            if (child == 0) {
+                static char fd_path[64];
+                snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", memfd_of(argv[3]));
+                struct swap s = {.mode = "path", .image = argv[2], .drift = fd_path, .fd = -1};
+                swap_child(&s);
+            }
+            int status;
+            waitpid(child, &status, 0);
+            int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            if (code == 0) image++;
+            else if (code == 42) drift++;
+            else if (code == 126) denied++;
+            else other++;
+        }
+        printf("swap memfd-path image=%d drift=%d denied=%d other=%d\n", image, drift, denied, other);
+        return 0;
+    }
     return 2;
 }
