@@ -355,12 +355,18 @@ mod tests {
         assert_eq!(alert.rule, "block-demo");
         assert_eq!(alert.class, VerdictClass::NewFile);
         assert_eq!((alert.pid, alert.path.as_str()), (4242, "/tmp/evil"));
-        assert_eq!((alert.cluster.as_str(), alert.node.as_str()), ("prod", "node-a"));
+        assert_eq!(
+            (alert.cluster.as_str(), alert.node.as_str()),
+            ("prod", "node-a")
+        );
         assert_eq!(alert.parent.as_ref().map(|p| p.pid), Some(4000));
         assert!(alert.exec_gate);
         let json = serde_json::to_value(&alert).expect("json");
         assert_eq!(json["exec_gate"], true);
-        assert_eq!(alert.to_falco("node-a")["output_fields"]["driftguard.exec_gate"], true);
+        assert_eq!(
+            alert.to_falco("node-a")["output_fields"]["driftguard.exec_gate"],
+            true
+        );
         assert!(!drift_event(exec_event(false), "prod", "node-a").exec_gate);
     }
 

@@ -46,11 +46,16 @@ fn counts(output: &str, mode: &str) -> (usize, usize, usize) {
     (field("image"), field("drift"), field("denied"))
 }
 
-async fn race(exec_gate: bool, modes: &[&str]) -> (String, Vec<ExecEvent>) {
+/// Races `modes` under a block policy; with `second_stages` off the seccomp stage works alone
+/// (no exec gate, no memfd lock), the control that shows the races win.
+async fn race(second_stages: bool, modes: &[&str]) -> (String, Vec<ExecEvent>) {
     let runc = support::runc("1.1.5").expect("runc");
-    let mut supervisor = Running::start_with(None, exec_gate)
-        .await
-        .expect("supervisor");
+    let mut supervisor = Running::start_configured(None, support::BLOCK_POLICY, |config| {
+        config.exec_gate = second_stages;
+        config.memfd_lockdown = second_stages;
+    })
+    .await
+    .expect("supervisor");
     let script = race_script(modes);
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", &script]).expect("bundle");
