@@ -577,20 +577,9 @@ fn gate_event(
         outcome,
         allow_listed: false,
         error,
-        parent: parent_of(pid),
+        parent: crate::supervisor::parent_of(pid),
         exec_gate: true,
     }
-}
-
-/// The parent of `pid` and its executable (best effort, as in the supervisor's events).
-fn parent_of(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
-    let exe = std::fs::read_link(format!("/proc/{ppid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    Some((ppid, exe))
 }
 
 /// Whether a process with mount namespace `ns` and this mount table belongs to `container`.

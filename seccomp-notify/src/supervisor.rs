@@ -545,7 +545,7 @@ fn assess_owned(container: Arc<Container>, fd: Arc<OwnedFd>, notif: Notification
 
 /// The parent of `pid` (host pid namespace) and its executable, read from procfs. Best effort:
 /// the parent may already be gone, and a container may name its executable anything.
-fn parent_of(pid: u32) -> Option<(u32, String)> {
+pub(crate) fn parent_of(pid: u32) -> Option<(u32, String)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: fields follow the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];

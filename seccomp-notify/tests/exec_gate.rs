@@ -30,22 +30,6 @@ fn race_script(modes: &[&str]) -> String {
     script
 }
 
-/// The counts one `xat swap` printed: (image ran, drift ran, denied).
-fn counts(output: &str, mode: &str) -> (usize, usize, usize) {
-    let prefix = format!("swap {mode} ");
-    let line = output
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no result for swap {mode}:\n{output}"));
-    let field = |name: &str| -> usize {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in `{line}`"))
-    };
-    (field("image"), field("drift"), field("denied"))
-}
-
 /// Races `modes` under a block policy; with `second_stages` off the seccomp stage works alone
 /// (no exec gate, no memfd lock), the control that shows the races win.
 async fn race(second_stages: bool, modes: &[&str]) -> (String, Vec<ExecEvent>) {
@@ -69,7 +53,7 @@ async fn gate_on_no_racing_drifted_exec_runs_and_the_race_is_reported() {
     let (output, events) = race(true, &GATED).await;
     let mut caught_total = 0;
     for mode in GATED {
-        let (image, drift, denied) = counts(&output, mode);
+        let (image, drift, denied, _) = support::swap_counts(&output, mode);
         println!("gate on, swap {mode}: image={image} drift={drift} denied={denied}");
         assert_eq!(
             drift, 0,
@@ -97,7 +81,7 @@ async fn gate_off_racing_drifted_execs_run() {
     let (output, events) = race(false, &modes).await;
     let mut drifted = 0;
     for mode in &modes {
-        let (image, drift, denied) = counts(&output, mode);
+        let (image, drift, denied, _) = support::swap_counts(&output, mode);
         println!("gate off, swap {mode}: image={image} drift={drift} denied={denied}");
         drifted += drift;
     }

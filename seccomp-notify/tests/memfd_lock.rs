@@ -40,28 +40,6 @@ fn race_script() -> String {
     )
 }
 
-/// The counts one swap printed (`mode` = `memfd` or `memfd-path`): (image ran, memfd ran,
-/// denied, other errno).
-fn counts(output: &str, mode: &str) -> (usize, usize, usize, usize) {
-    let prefix = format!("swap {mode} ");
-    let line = output
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no result for swap {mode}:\n{output}"));
-    let field = |name: &str| -> usize {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in `{line}`"))
-    };
-    (
-        field("image"),
-        field("drift"),
-        field("denied"),
-        field("other"),
-    )
-}
-
 fn host_value() -> String {
     std::fs::read_to_string(memfd::SYSCTL)
         .expect("vm.memfd_noexec (Linux >= 6.3)")
@@ -93,7 +71,7 @@ async fn lock_on_no_racing_memfd_runs_and_memfds_are_sealed() {
     support::expect_line(&output, &format!("mfd-exec errno={}", libc::EACCES));
     support::expect_line(&output, "mfd-plain exec-sealed=1");
     for mode in MODES {
-        let (image, drift, denied, other) = counts(&output, mode);
+        let (image, drift, denied, other) = support::swap_counts(&output, mode);
         println!("lock on, swap {mode}: image={image} memfd={drift} denied={denied} other={other}");
         assert_eq!(
             drift, 0,
@@ -110,7 +88,7 @@ async fn lock_off_racing_memfds_run() {
     support::expect_line(&output, "mfd-exec ok");
     let mut ran = 0;
     for mode in MODES {
-        let (image, drift, denied, other) = counts(&output, mode);
+        let (image, drift, denied, other) = support::swap_counts(&output, mode);
         println!(
             "lock off, swap {mode}: image={image} memfd={drift} denied={denied} other={other}"
         );

@@ -91,19 +91,7 @@ fn helper() -> &'static Path {
 /// test process's pid as `HOSTPID`.
 fn grant(bundle: &Bundle) -> anyhow::Result<()> {
     let path = bundle.dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    let caps = config["process"]["capabilities"]
-        .as_object_mut()
-        .ok_or_else(|| anyhow::anyhow!("no capabilities in {}", path.display()))?;
-    for set in caps.values_mut() {
-        if let Some(list) = set.as_array_mut() {
-            list.push("CAP_SYS_CHROOT".into());
-        }
-    }
-    config["linux"]["seccomp"]["syscalls"]
-        .as_array_mut()
-        .ok_or_else(|| anyhow::anyhow!("no seccomp syscalls in {}", path.display()))?
-        .push(serde_json::json!({"names": ["chroot"], "action": "SCMP_ACT_ALLOW"}));
+    let mut config = support::allow_chroot(bundle)?;
     config["mounts"]
         .as_array_mut()
         .ok_or_else(|| anyhow::anyhow!("no mounts in {}", path.display()))?
@@ -115,8 +103,7 @@ fn grant(bundle: &Bundle) -> anyhow::Result<()> {
         .as_array_mut()
         .ok_or_else(|| anyhow::anyhow!("no env in {}", path.display()))?
         .push(format!("HOSTPID={}", std::process::id()).into());
-    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
-    Ok(())
+    support::write_config(bundle, &config)
 }
 
 const SCRIPT: &str = r#"

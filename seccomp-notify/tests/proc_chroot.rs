@@ -23,34 +23,15 @@ chroot /tmp/fake /proc/thread-self/exe true; echo chroot-thread-self-rc=$?
 chroot /tmp/fake /proc/self/fd/7 true; echo chroot-fd-rc=$?
 "#;
 
-/// Lets the container chroot: `CAP_SYS_CHROOT` and the `chroot` syscall (containerd's profile
-/// allows it whenever the capability is granted).
-fn allow_chroot(bundle: &Bundle) -> anyhow::Result<()> {
-    let path = bundle.dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    let caps = config["process"]["capabilities"]
-        .as_object_mut()
-        .ok_or_else(|| anyhow::anyhow!("no capabilities in {}", path.display()))?;
-    for set in caps.values_mut() {
-        if let Some(list) = set.as_array_mut() {
-            list.push("CAP_SYS_CHROOT".into());
-        }
-    }
-    config["linux"]["seccomp"]["syscalls"]
-        .as_array_mut()
-        .ok_or_else(|| anyhow::anyhow!("no seccomp syscalls in {}", path.display()))?
-        .push(serde_json::json!({"names": ["chroot"], "action": "SCMP_ACT_ALLOW"}));
-    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_self_in_a_chroot_is_an_ordinary_file_and_is_denied() {
     let runc = support::runc("1.1.5").expect("runc");
     let mut supervisor = Running::start(None).await.expect("supervisor");
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", SCRIPT]).expect("bundle");
-    allow_chroot(&bundle).expect("chroot allowed");
+    support::allow_chroot(&bundle)
+        .and_then(|config| support::write_config(&bundle, &config))
+        .expect("chroot allowed");
     let output = support::run_to_end(bundle).await;
     // The container's own busybox runs (as an unknown applet name: 127, not a denial's 126).
     for line in [

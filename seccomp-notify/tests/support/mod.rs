@@ -441,3 +441,52 @@ pub fn expect_line(output: &str, line: &str) {
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
+
+/// The counts one `xat swap` printed for `mode`: (image ran, drift ran, denied, other errno).
+pub fn swap_counts(output: &str, mode: &str) -> (usize, usize, usize, usize) {
+    let prefix = format!("swap {mode} ");
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no result for swap {mode}:\n{output}"));
+    let field = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in `{line}`"))
+    };
+    (
+        field("image"),
+        field("drift"),
+        field("denied"),
+        field("other"),
+    )
+}
+
+/// Lets the bundle's container chroot: `CAP_SYS_CHROOT` and the `chroot` syscall (containerd's
+/// profile allows it whenever the capability is granted). Returns the edited config for more
+/// changes; the caller writes it with [`write_config`].
+pub fn allow_chroot(bundle: &Bundle) -> Result<serde_json::Value> {
+    let path = bundle.dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let caps = config["process"]["capabilities"]
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("no capabilities in {}", path.display()))?;
+    for set in caps.values_mut() {
+        if let Some(list) = set.as_array_mut() {
+            list.push("CAP_SYS_CHROOT".into());
+        }
+    }
+    config["linux"]["seccomp"]["syscalls"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow::anyhow!("no seccomp syscalls in {}", path.display()))?
+        .push(serde_json::json!({"names": ["chroot"], "action": "SCMP_ACT_ALLOW"}));
+    Ok(config)
+}
+
+/// Writes a bundle's `config.json`.
+pub fn write_config(bundle: &Bundle, config: &serde_json::Value) -> Result<()> {
+    let path = bundle.dir.join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
+    Ok(())
+}

@@ -95,18 +95,13 @@ static void swap_child(struct swap *s) {
     swap_exec(s);
 }
 
-/* xat swap MODE[-lx] IMAGE DRIFT COUNT [LINK]: MODE path|link|fd|memfd; counts what ran.
-   With "-lx" the exec comes from a second thread after the main thread exited. */
-static int swap_race(int argc, char **argv) {
-    struct swap s = {.mode = argv[2], .image = argv[3], .drift = argv[4],
-                     .link = argc >= 7 ? argv[6] : "/tmp/xat-swap-link", .fd = -1};
-    char *suffix = strstr(argv[2], "-lx");
-    if (suffix && suffix[3] == 0) { *suffix = 0; s.leader_exits = 1; }
-    int count = atoi(argv[5]), image = 0, drift = 0, denied = 0, other = 0;
-    if (!strcmp(s.mode, "link")) { unlink(s.link); symlink(s.image, s.link); }
+/* Runs COUNT tries, each `try(arg)` in a forked child, and prints what their exit codes say:
+   0 = the image ran, 42 = the drift ran, 126 = EPERM, anything else = other. */
+static void tries(const char *label, int count, void (*try)(void *), void *arg) {
+    int image = 0, drift = 0, denied = 0, other = 0;
     for (int i = 0; i < count; i++) {
         pid_t child = fork();
-        if (child == 0) swap_child(&s);
+        if (child == 0) { try(arg); _exit(125); }
         int status;
         waitpid(child, &status, 0);
         int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -115,8 +110,31 @@ static int swap_race(int argc, char **argv) {
         else if (code == 126) denied++;
         else other++;
     }
-    printf("swap %s%s image=%d drift=%d denied=%d other=%d\n", s.mode, s.leader_exits ? "-lx" : "",
-           image, drift, denied, other);
+    printf("swap %s image=%d drift=%d denied=%d other=%d\n", label, image, drift, denied, other);
+}
+
+static void swap_try(void *arg) { swap_child(arg); }
+
+/* One try of swap-memfd-path (arg: xat's argv): the drift is /proc/self/fd/N of a memfd. */
+static void memfd_path_try(void *arg) {
+    char **argv = arg;
+    static char fd_path[64];
+    snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", memfd_of(argv[3]));
+    struct swap s = {.mode = "path", .image = argv[2], .drift = fd_path, .fd = -1};
+    swap_child(&s);
+}
+
+/* xat swap MODE[-lx] IMAGE DRIFT COUNT [LINK]: MODE path|link|fd|memfd; counts what ran.
+   With "-lx" the exec comes from a second thread after the main thread exited. */
+static int swap_race(int argc, char **argv) {
+    struct swap s = {.mode = argv[2], .image = argv[3], .drift = argv[4],
+                     .link = argc >= 7 ? argv[6] : "/tmp/xat-swap-link", .fd = -1};
+    char *suffix = strstr(argv[2], "-lx");
+    if (suffix && suffix[3] == 0) { *suffix = 0; s.leader_exits = 1; }
+    if (!strcmp(s.mode, "link")) { unlink(s.link); symlink(s.image, s.link); }
+    char label[64];
+    snprintf(label, sizeof label, "%s%s", s.mode, s.leader_exits ? "-lx" : "");
+    tries(label, atoi(argv[5]), swap_try, &s);
     return 0;
 }
 
@@ -233,24 +251,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "swap-memfd-path") && argc >= 5) {
         /* xat swap-memfd-path IMAGE DRIFT COUNT: a thread flips the exec path between IMAGE and
          * /proc/self/fd/N of a memfd copy of DRIFT; counts what ran, as swap does. */
-        int count = atoi(argv[4]), image = 0, drift = 0, denied = 0, other = 0;
-        for (int i = 0; i < count; i++) {
-            pid_t child = fork();
-            if (child == 0) {
-                static char fd_path[64];
-                snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", memfd_of(argv[3]));
-                struct swap s = {.mode = "path", .image = argv[2], .drift = fd_path, .fd = -1};
-                swap_child(&s);
-            }
-            int status;
-            waitpid(child, &status, 0);
-            int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-            if (code == 0) image++;
-            else if (code == 42) drift++;
-            else if (code == 126) denied++;
-            else other++;
-        }
-        printf("swap memfd-path image=%d drift=%d denied=%d other=%d\n", image, drift, denied, other);
+        tries("memfd-path", atoi(argv[4]), memfd_path_try, argv);
         return 0;
     }
     return 2;
