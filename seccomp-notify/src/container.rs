@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use driftguard_policy::Scope;
+use driftguard_policy::{Outcome, Scope};
 use tokio::sync::watch;
 
 use crate::classify::{ImageLookup, VerdictCache};
-use crate::decide::ImageSource;
+use crate::decide::{ExecEvent, ImageSource};
 use crate::handoff::ProcessState;
 use crate::mountinfo::{self, OverlayLayers};
 
@@ -93,6 +93,31 @@ impl Container {
     /// The decision timeout this container's execs are decided within.
     pub fn decision_timeout(&self) -> Duration {
         self.decision_timeout
+    }
+
+    /// An event about process `pid` of this container executing `path`: identity, parent and
+    /// path set; no class, rule or argv yet, outcome deny until the caller says otherwise.
+    pub fn event(&self, pid: u32, path: &str) -> ExecEvent {
+        let scope = &self.scope;
+        ExecEvent {
+            container_id: self.id.clone(),
+            namespace: scope.namespace.clone(),
+            pod: scope.pod_name.clone(),
+            container: scope.container_name.clone(),
+            image: scope.image_name.clone(),
+            pid,
+            path: path.to_string(),
+            argv: Vec::new(),
+            class: None,
+            hash: None,
+            rule: String::new(),
+            action: None,
+            outcome: Outcome::Deny,
+            allow_listed: false,
+            error: None,
+            parent: crate::supervisor::parent_of(pid),
+            exec_gate: false,
+        }
     }
 
     /// The container's image view, waiting for it if it is still being built.

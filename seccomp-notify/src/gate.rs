@@ -560,25 +560,11 @@ fn gate_event(
     outcome: Outcome,
     error: Option<String>,
 ) -> ExecEvent {
-    let scope = &container.scope;
     ExecEvent {
-        container_id: container.id.clone(),
-        namespace: scope.namespace.clone(),
-        pod: scope.pod_name.clone(),
-        container: scope.container_name.clone(),
-        image: scope.image_name.clone(),
-        pid,
-        path: path.to_string(),
-        argv: Vec::new(),
-        class: None,
-        hash: None,
-        rule: String::new(),
-        action: None,
         outcome,
-        allow_listed: false,
         error,
-        parent: crate::supervisor::parent_of(pid),
         exec_gate: true,
+        ..container.event(pid, path)
     }
 }
 

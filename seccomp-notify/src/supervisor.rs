@@ -506,17 +506,8 @@ impl Shared {
         decision: Option<crate::decide::Decision>,
         error: Option<String>,
     ) -> ExecEvent {
-        let scope = &container.scope;
         ExecEvent {
-            container_id: container.id.clone(),
-            namespace: scope.namespace.clone(),
-            pod: scope.pod_name.clone(),
-            container: scope.container_name.clone(),
-            image: scope.image_name.clone(),
-            pid: notif.pid,
-            path: facts.path.to_string(),
             argv: exec::event_argv(notif),
-            parent: parent_of(notif.pid),
             class: Some(facts.class),
             hash: facts.hash.map(hex::encode),
             rule: decision
@@ -530,7 +521,7 @@ impl Shared {
                 .unwrap_or(Outcome::Deny),
             allow_listed: decision.as_ref().is_some_and(|d| d.allow_listed),
             error,
-            exec_gate: false,
+            ..container.event(notif.pid, facts.path)
         }
     }
 }
