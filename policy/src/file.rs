@@ -126,6 +126,7 @@ struct RawSpec {
     mode_drift: Option<Spanned<String>>,
     relocated_image_binaries: Option<Spanned<String>>,
     volume_files: Option<Spanned<String>>,
+    direct_loader: Option<Spanned<String>>,
     #[serde(default)]
     rules: Vec<RawRule>,
     default_rule: Spanned<RawDefaultRule>,
@@ -281,6 +282,7 @@ fn build_options(spec: &RawSpec, origin: &str) -> Result<Options, PolicyError> {
         &mut options.relocated_image_binaries,
     )?;
     treatment(&spec.volume_files, &mut options.volume_files)?;
+    treatment(&spec.direct_loader, &mut options.direct_loader)?;
     if let Some(fp) = &spec.failure_policy {
         options.failure_policy = match fp.value.as_str() {
             "closed" => FailurePolicy::Closed,
@@ -405,6 +407,7 @@ struct OutSpec {
     mode_drift: &'static str,
     relocated_image_binaries: &'static str,
     volume_files: &'static str,
+    direct_loader: &'static str,
     rules: Vec<OutRule>,
     default_rule: OutRule,
 }
@@ -478,6 +481,7 @@ impl From<&Policy> for OutDoc {
                 mode_drift: o.mode_drift.as_str(),
                 relocated_image_binaries: o.relocated_image_binaries.as_str(),
                 volume_files: o.volume_files.as_str(),
+                direct_loader: o.direct_loader.as_str(),
                 rules: p
                     .rules
                     .iter()

@@ -72,6 +72,10 @@ pub struct Options {
     pub relocated_image_binaries: Treatment,
     /// New or modified files on volumes (`volumeFiles`, default drift).
     pub volume_files: Treatment,
+    /// The image's dynamic loader run directly with an image program (`directLoader`, default
+    /// allow). Its program argument is read from the caller's memory, which a racing thread
+    /// can change after the check; a non-allow treatment refuses such runs outright.
+    pub direct_loader: Treatment,
     /// What happens when the supervisor cannot decide (`failurePolicy`, default closed).
     pub failure_policy: FailurePolicy,
 }
@@ -82,6 +86,7 @@ impl Default for Options {
             mode_drift: Treatment::Alert,
             relocated_image_binaries: Treatment::Alert,
             volume_files: Treatment::Drift,
+            direct_loader: Treatment::Allow,
             failure_policy: FailurePolicy::Closed,
         }
     }
@@ -236,6 +241,7 @@ impl Policy {
         match exec.class {
             VerdictClass::ModeDrift => self.options.mode_drift,
             VerdictClass::RelocatedImageBinary => self.options.relocated_image_binaries,
+            VerdictClass::DirectLoader => self.options.direct_loader,
             VerdictClass::NewFile | VerdictClass::ModifiedImageFile if exec.on_volume => {
                 self.options.volume_files
             }

@@ -32,6 +32,10 @@ pub enum VerdictClass {
     /// The image's dynamic loader run with a drifted program as its argument.
     #[serde(rename = "loader trick")]
     LoaderTrick,
+    /// The image's dynamic loader, untouched, run directly (`ld.so PROGRAM`) with an image file
+    /// (or nothing it could load) as its program. Allowed by default (`directLoader`).
+    #[serde(rename = "direct loader")]
+    DirectLoader,
     /// The supervisor could not classify the target (it vanished, a read failed, a decision
     /// timed out); the failure policy answered.
     #[serde(rename = "undecided")]
@@ -40,7 +44,7 @@ pub enum VerdictClass {
 
 impl VerdictClass {
     /// Every class, in declaration order (`ALL[class as usize] == class`).
-    pub const ALL: [VerdictClass; 9] = [
+    pub const ALL: [VerdictClass; 10] = [
         VerdictClass::ImageFile,
         VerdictClass::MetadataCopyUp,
         VerdictClass::ModeDrift,
@@ -49,6 +53,7 @@ impl VerdictClass {
         VerdictClass::NewFile,
         VerdictClass::Fileless,
         VerdictClass::LoaderTrick,
+        VerdictClass::DirectLoader,
         VerdictClass::Undecided,
     ];
 
@@ -63,6 +68,7 @@ impl VerdictClass {
             VerdictClass::NewFile => "new file",
             VerdictClass::Fileless => "fileless",
             VerdictClass::LoaderTrick => "loader trick",
+            VerdictClass::DirectLoader => "direct loader",
             VerdictClass::Undecided => "undecided",
         }
     }

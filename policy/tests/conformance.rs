@@ -465,3 +465,46 @@ fn explain_reports_each_condition() {
     assert!(!a.conditions[1].holds);
     assert_eq!(a.conditions[1].observed, "app=web,tier=frontend");
 }
+
+#[test]
+fn direct_loader_runs_are_allowed_unless_the_option_says_otherwise() {
+    for action in [Action::Block, Action::Alert] {
+        let p = with_options(action, Treatment::Alert, Treatment::Alert, Treatment::Drift);
+        let d = outcome(&p, VerdictClass::DirectLoader, false);
+        assert_eq!(
+            (d.outcome, d.class),
+            (Outcome::Allow, VerdictClass::DirectLoader)
+        );
+    }
+    for (treatment, action, want) in [
+        (Treatment::Drift, Action::Block, Outcome::Deny),
+        (Treatment::Drift, Action::Alert, Outcome::Alert),
+        (Treatment::Block, Action::Alert, Outcome::Deny),
+        (Treatment::Alert, Action::Block, Outcome::Alert),
+    ] {
+        let mut p = with_options(action, Treatment::Alert, Treatment::Alert, Treatment::Drift);
+        let mut o = p.options();
+        o.direct_loader = treatment;
+        p.set_options(o);
+        let d = outcome(&p, VerdictClass::DirectLoader, false);
+        assert_eq!(d.outcome, want, "directLoader {treatment} under {action:?}");
+    }
+    // The option is read from the policy file and written back.
+    let yaml = "apiVersion: driftguard.dev/v1\nkind: DriftPolicy\nmetadata:\n  name: t\n\
+                spec:\n  directLoader: drift\n  defaultRule:\n    name: d\n    action: block\n";
+    let p = Policy::from_yaml(yaml, "t.yaml").expect("valid");
+    assert_eq!(p.options().direct_loader, Treatment::Drift);
+    let d = p.decide(
+        &scope(),
+        &ExecFacts {
+            class: VerdictClass::DirectLoader,
+            path: "/lib64/ld-linux-x86-64.so.2",
+            hash: None,
+            on_volume: false,
+        },
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    let bad = yaml.replace("directLoader: drift", "directLoader: sometimes");
+    let err = Policy::from_yaml(&bad, "t.yaml").expect_err("invalid treatment");
+    assert!(err.to_string().contains("t.yaml:6"), "{err}");
+}

@@ -163,6 +163,11 @@ pub async fn assess(
             }
             return Ok(Assessment::Target(program));
         }
+        if is_clean(target.verdict.class) {
+            // The image's own loader run directly, its program an image file or nothing it
+            // can load: the policy's `directLoader` option decides.
+            target.verdict.class = VerdictClass::DirectLoader;
+        }
     }
     let chain = Chain {
         container,

@@ -69,18 +69,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use driftguard_policy::{FailurePolicy, Outcome};
+use driftguard_policy::{FailurePolicy, Outcome, VerdictClass};
 use futures::FutureExt;
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
 use tracing::{debug, error, info, warn};
 
-use crate::classify::{Classified, FileKey};
+use crate::binfmt::{self, Header};
+use crate::classify::{self, Classified, FileKey};
 use crate::container::Container;
 use crate::decide::{Decider, EventSink, ExecEvent, ExecFacts};
 use crate::exec;
 use crate::fanotify::{Group, MarkKind, PermissionEvent};
-use crate::resolve::{self, Caller, Opened};
+use crate::resolve::{self, Caller, Lookup, Opened};
 use crate::supervisor::SupervisorConfig;
 
 /// Filesystem types from which nothing can be executed.
@@ -159,6 +160,8 @@ struct Inner {
     namespaces: Mutex<HashMap<u64, Weak<Container>>>,
     /// Thread id → the files the seccomp stage let that thread's latest exec open.
     expected: Mutex<HashMap<u32, Expected>>,
+    /// Thread id → the loader a program the gate allowed names as `PT_INTERP`, and when.
+    interpreters: Mutex<HashMap<u32, (FileKey, Instant)>>,
 }
 
 /// What the seccomp stage allowed one thread's exec to open, and when.
@@ -190,6 +193,7 @@ impl Gate {
             runtime,
             namespaces: Mutex::new(HashMap::new()),
             expected: Mutex::new(HashMap::new()),
+            interpreters: Mutex::new(HashMap::new()),
         });
         let thread_inner = inner.clone();
         std::thread::Builder::new()
@@ -389,6 +393,49 @@ impl Inner {
         Ok(lock(&self.namespaces).get(&ns).and_then(Weak::upgrade))
     }
 
+    /// Remembers, for an exec open the gate itself allowed, the identity of the `PT_INTERP`
+    /// loader the program names, resolved in the thread's root: the kernel opens it for exec
+    /// next, and that open is the program's interpreter, not a direct run of the loader.
+    fn note_interpreter(&self, container: &Container, tid: u32, file: &OwnedFd, key: FileKey) {
+        let header = match container.cache.header(&key) {
+            Some(header) => header,
+            None => match binfmt::read_header(file) {
+                Ok(header) => {
+                    container.cache.put_header(key, header.clone());
+                    header
+                }
+                Err(_) => return,
+            },
+        };
+        let Header::Elf {
+            interp: Some(interp),
+            ..
+        } = header
+        else {
+            return;
+        };
+        let Ok(caller) = Caller::open(tid) else {
+            return;
+        };
+        if let Ok(opened) = caller.resolve(&Lookup::execve(interp)) {
+            let loader = FileKey::of(&opened.stat);
+            lock(&self.interpreters).insert(tid, (loader, Instant::now()));
+        }
+    }
+
+    /// Whether this open is the interpreter [`Inner::note_interpreter`] expects of thread `tid`
+    /// (each note answers one open).
+    fn take_interpreter(&self, tid: u32, key: &FileKey) -> bool {
+        let mut interpreters = lock(&self.interpreters);
+        if interpreters.len() > EXPECTED_LIMIT {
+            interpreters.clear();
+        }
+        match interpreters.remove(&tid) {
+            Some((loader, at)) => loader == *key && at.elapsed() < self.timeout,
+            None => false,
+        }
+    }
+
     /// Whether the seccomp stage just allowed thread `tid` to exec exactly this file.
     fn expected(&self, tid: u32, key: &FileKey) -> bool {
         lock(&self.expected)
@@ -421,14 +468,33 @@ impl Inner {
             Err(err) => return self.fail(&container, event, "", err.to_string()),
         };
         let key = FileKey::of(&stat);
-        // The hot path: an untouched image file, known by identity alone.
-        if stat.st_nlink > 0 && container.cache.image_file(&key).is_some() {
-            return self.answer(event, true);
+        // An untouched image file, known by identity alone.
+        if let Some(path) = (stat.st_nlink > 0)
+            .then(|| container.cache.image_file(&key))
+            .flatten()
+        {
+            if !classify::is_dynamic_loader(Path::new(&path)) {
+                self.note_interpreter(&container, pid, &event.file, key);
+                return self.answer(event, true);
+            }
+            if self.take_interpreter(pid, &key) {
+                return self.answer(event, true);
+            }
+            // The image's loader opened for exec, neither announced by the seccomp stage nor
+            // the interpreter of a program this thread just opened: a direct run that reached
+            // the kernel past the seccomp check. The policy's `directLoader` option decides.
+            let verdict = Classified {
+                class: VerdictClass::DirectLoader,
+                hash: None,
+                on_volume: false,
+            };
+            self.finish(&container, event, &path, verdict, false);
+            return;
         }
         let path = resolve::fd_path(&event.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
         if let Some(hit) = container.cache.get(&key, &path) {
             let shown = path.to_string_lossy().into_owned();
-            return self.finish(&container, event, &shown, hit, true);
+            return self.finish_noting(&container, event, &shown, hit, true, key);
         }
         let opened = match opened_of(&event, stat) {
             Ok(opened) => opened,
@@ -436,7 +502,9 @@ impl Inner {
         };
         let inline = classify(&container, pid, &opened).now_or_never();
         match inline {
-            Some(Ok((shown, verdict))) => self.finish(&container, event, &shown, verdict, false),
+            Some(Ok((shown, verdict))) => {
+                self.finish_noting(&container, event, &shown, verdict, false, key)
+            }
             Some(Err(reason)) => self.fail(&container, event, &path.to_string_lossy(), reason),
             None => self.spawn_decision(container, event, opened, path),
         }
@@ -457,14 +525,35 @@ impl Inner {
                 .await
                 .unwrap_or_else(|_| Err(format!("decision timed out after {:?}", inner.timeout)));
             match decided {
-                Ok((shown, verdict)) => inner.finish(&container, event, &shown, verdict, false),
+                Ok((shown, verdict)) => {
+                    inner.finish(&container, event, &shown, verdict, false);
+                }
                 Err(reason) => inner.fail(&container, event, &path.to_string_lossy(), reason),
             }
         });
     }
 
-    /// Applies policy to a classified file and answers; reports a deny, and an alert the
-    /// seccomp stage cannot have reported (`seen` is false: no stage had classified the file).
+    /// [`Inner::finish`] for a program whose `PT_INTERP` loader the kernel opens next when it
+    /// is allowed ([`Inner::note_interpreter`]).
+    fn finish_noting(
+        &self,
+        container: &Container,
+        event: PermissionEvent,
+        path: &str,
+        verdict: Classified,
+        seen: bool,
+        key: FileKey,
+    ) {
+        let pid = event.pid as u32;
+        self.note_interpreter(container, pid, &event.file, key);
+        if !self.finish(container, event, path, verdict, seen) {
+            lock(&self.interpreters).remove(&pid);
+        }
+    }
+
+    /// Applies policy to a classified file and answers (returns whether it allowed); reports a
+    /// deny, and an alert the seccomp stage cannot have reported (`seen` is false: no stage had
+    /// classified the file).
     fn finish(
         &self,
         container: &Container,
@@ -472,7 +561,7 @@ impl Inner {
         path: &str,
         verdict: Classified,
         seen: bool,
-    ) {
+    ) -> bool {
         let facts = ExecFacts {
             class: verdict.class,
             path,
@@ -494,10 +583,12 @@ impl Inner {
         });
         debug!(container_id = %container.id, pid, path, class = ?verdict.class, ?outcome, seen,
                "exec gate decision");
-        self.answer(event, outcome != Outcome::Deny);
+        let allowed = outcome != Outcome::Deny;
+        self.answer(event, allowed);
         if let Some(exec_event) = exec_event {
             self.sink.emit(exec_event);
         }
+        allowed
     }
 
     /// Answers by the failure policy and reports why.

@@ -166,3 +166,64 @@ async fn host_execs_on_marked_filesystems_are_allowed() {
     );
     assert_eq!(status.1.code(), Some(42), "the host exec ran");
 }
+
+/// [`support::BLOCK_POLICY`] with direct runs of the image's loader refused (`directLoader`).
+const STRICT_LOADER_POLICY: &str = "apiVersion: driftguard.dev/v1
+kind: DriftPolicy
+spec:
+  directLoader: drift
+  defaultRule:
+    name: block-drift
+    action: block
+";
+
+/// Runs the image's loader directly, and races `/bin/tiny` against a swap of the exec path to
+/// the loader (which, given the program `ran`, fails with 127 when it runs: counted `rc127`).
+const LOADER_SCRIPT: &str = "/lib64/ld-linux-x86-64.so.2 /usr/bin/gnu-true; echo direct-rc=$?
+/bin/xat swap path /bin/tiny /lib64/ld-linux-x86-64.so.2 300\n";
+
+async fn loader_run(policy: &str, second_stages: bool) -> (String, Vec<ExecEvent>) {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start_configured(None, policy, |config| {
+        config.exec_gate = second_stages;
+        config.memfd_lockdown = second_stages;
+    })
+    .await
+    .expect("supervisor");
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", LOADER_SCRIPT]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    (output, supervisor.drain_events())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_loader_runs_follow_the_policy_option_even_through_a_race() {
+    // Default: the loader runs an image program; no event.
+    let (output, events) = loader_run(support::BLOCK_POLICY, true).await;
+    support::expect_line(&output, "direct-rc=0");
+    assert!(events.is_empty(), "{events:#?}");
+
+    // directLoader: drift under a block rule: refused at the seccomp stage, and a swap of the
+    // path to the loader after the check is refused by the gate: the loader never runs.
+    let (output, events) = loader_run(STRICT_LOADER_POLICY, true).await;
+    support::expect_line(&output, "direct-rc=126");
+    let (image, _, denied, _) = support::swap_counts(&output, "path");
+    let ran = support::swap_field(&output, "path", "rc127");
+    println!("strict loader, gate on: image={image} denied={denied} loader ran={ran}");
+    assert_eq!(ran, 0, "the loader ran past both stages:\n{output}");
+    assert!(image > 0, "{output}");
+    let refused = |e: &&ExecEvent| {
+        e.class == Some(driftguard_policy::VerdictClass::DirectLoader) && e.outcome == Outcome::Deny
+    };
+    assert!(
+        events.iter().filter(refused).any(|e| !e.exec_gate),
+        "{events:#?}"
+    );
+
+    // Control: the seccomp stage alone lets some of the swaps run the loader.
+    let (output, _) = loader_run(STRICT_LOADER_POLICY, false).await;
+    let (image, _, denied, _) = support::swap_counts(&output, "path");
+    let ran = support::swap_field(&output, "path", "rc127");
+    println!("strict loader, gate off: image={image} denied={denied} loader ran={ran}");
+    assert!(ran > 0, "the race never won without the gate:\n{output}");
+}

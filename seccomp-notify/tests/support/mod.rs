@@ -442,19 +442,23 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
-/// The counts one `xat swap` printed for `mode`: (image ran, drift ran, denied, other errno).
-pub fn swap_counts(output: &str, mode: &str) -> (usize, usize, usize, usize) {
+/// One count (`image`, `drift`, `denied`, `other`, `rc127`) of what `xat swap` printed for
+/// `mode`.
+pub fn swap_field(output: &str, mode: &str, name: &str) -> usize {
     let prefix = format!("swap {mode} ");
     let line = output
         .lines()
         .find(|l| l.starts_with(&prefix))
         .unwrap_or_else(|| panic!("no result for swap {mode}:\n{output}"));
-    let field = |name: &str| -> usize {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in `{line}`"))
-    };
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in `{line}`"))
+}
+
+/// The counts one `xat swap` printed for `mode`: (image ran, drift ran, denied, other errno).
+pub fn swap_counts(output: &str, mode: &str) -> (usize, usize, usize, usize) {
+    let field = |name| swap_field(output, mode, name);
     (
         field("image"),
         field("drift"),

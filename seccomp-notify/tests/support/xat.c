@@ -96,9 +96,10 @@ static void swap_child(struct swap *s) {
 }
 
 /* Runs COUNT tries, each `try(arg)` in a forked child, and prints what their exit codes say:
-   0 = the image ran, 42 = the drift ran, 126 = EPERM, anything else = other. */
+   0 = the image ran, 42 = the drift ran, 126 = EPERM, anything else = other (of which 127, a
+   program that could not load its own program, is also counted as rc127). */
 static void tries(const char *label, int count, void (*try)(void *), void *arg) {
-    int image = 0, drift = 0, denied = 0, other = 0;
+    int image = 0, drift = 0, denied = 0, other = 0, rc127 = 0;
     for (int i = 0; i < count; i++) {
         pid_t child = fork();
         if (child == 0) { try(arg); _exit(125); }
@@ -109,8 +110,10 @@ static void tries(const char *label, int count, void (*try)(void *), void *arg) 
         else if (code == 42) drift++;
         else if (code == 126) denied++;
         else other++;
+        if (code == 127) rc127++;
     }
-    printf("swap %s image=%d drift=%d denied=%d other=%d\n", label, image, drift, denied, other);
+    printf("swap %s image=%d drift=%d denied=%d other=%d rc127=%d\n", label, image, drift, denied,
+           other, rc127);
 }
 
 static void swap_try(void *arg) { swap_child(arg); }
