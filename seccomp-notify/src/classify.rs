@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -197,6 +197,47 @@ pub const DEFAULT_HASH_TIME: Duration = Duration::from_secs(2);
 /// bytes and [`DEFAULT_HASH_TIME`].
 pub fn hash_opened(file: &OwnedFd) -> io::Result<[u8; 32]> {
     hash_opened_within(file, DEFAULT_HASH_TIME)
+}
+
+/// Filesystems whose files get new timestamps when written through a shared mapping (their
+/// `page_mkwrite` updates mtime and ctime): ext4, xfs, btrfs, f2fs. tmpfs (and ramfs,
+/// hugetlbfs) never do, and network or FUSE filesystems are not relied on.
+const TIMESTAMPED_FS: [i64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010];
+/// `OVERLAYFS_SUPER_MAGIC`.
+const OVERLAY_FS: i64 = 0x794C_7630;
+
+/// Whether a filesystem magic (`statfs.f_type`) is one of [`TIMESTAMPED_FS`].
+pub fn is_timestamped_fs(magic: i64) -> bool {
+    TIMESTAMPED_FS.contains(&magic)
+}
+
+/// A content hash, and whether the verdict made from it may be cached by file identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashed {
+    /// BLAKE3 of the content read.
+    pub hash: [u8; 32],
+    /// The identity will change with the content: the file is on a filesystem that stamps
+    /// every write ([`is_timestamped_fs`]; an overlay when its upper layer is,
+    /// `overlay_timestamped`), nobody had it open for writing before or after the read (a
+    /// writable mapping made before could change it later without a new stamp), and its
+    /// identity did not change while it was read.
+    pub cacheable: bool,
+}
+
+/// [`hash_opened_within`], and whether its result may be cached (see [`Hashed::cacheable`]).
+pub fn hash_for_cache(
+    file: &OwnedFd,
+    limit: Duration,
+    overlay_timestamped: bool,
+) -> io::Result<Hashed> {
+    let before = FileKey::of(&rfs::fstat(file)?);
+    let magic = rfs::fstatfs(file)?.f_type;
+    let stamped = is_timestamped_fs(magic) || (magic == OVERLAY_FS && overlay_timestamped);
+    let unwritten = || matches!(crate::sys::has_writers(file.as_fd()), Ok(false));
+    let quiet_before = stamped && unwritten();
+    let hash = hash_opened_within(file, limit)?;
+    let cacheable = quiet_before && unwritten() && FileKey::of(&rfs::fstat(file)?) == before;
+    Ok(Hashed { hash, cacheable })
 }
 
 /// Hashes an `O_PATH` file's content within [`MAX_HASHED_SIZE`] bytes and `limit` (the

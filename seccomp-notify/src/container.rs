@@ -34,6 +34,10 @@ pub struct Container {
     pub layers: Option<OverlayLayers>,
     /// Verdicts by file identity.
     pub cache: VerdictCache,
+    /// Whether the overlay's upper layer is on a filesystem that stamps writes through shared
+    /// mappings ([`crate::classify::is_timestamped_fs`]): only then may content verdicts of its
+    /// files be cached by identity.
+    pub upper_timestamped: bool,
     image: watch::Receiver<ImageSlot>,
     decision_timeout: Duration,
 }
@@ -73,10 +77,16 @@ impl Container {
                 ))));
             }
         }
+        let upper_timestamped = layers
+            .as_ref()
+            .and_then(|l| l.upperdir.as_ref())
+            .and_then(|upper| rustix::fs::statfs(upper).ok())
+            .is_some_and(|fs| crate::classify::is_timestamped_fs(fs.f_type));
         Container {
             id: state.state.id.clone(),
             scope,
             annotated,
+            upper_timestamped,
             layers,
             cache: VerdictCache::default(),
             image: rx,

@@ -347,12 +347,15 @@ pub(crate) async fn classify_opened(
         Some(layers) => classify::placement(layers, root_dev, &path, &opened.stat),
         None => Placement::Elsewhere,
     };
-    let verdict = match placement {
-        Placement::Lower => Classified {
-            class: VerdictClass::ImageFile,
-            hash: None,
-            on_volume: false,
-        },
+    let (verdict, cacheable) = match placement {
+        Placement::Lower => {
+            let verdict = Classified {
+                class: VerdictClass::ImageFile,
+                hash: None,
+                on_volume: false,
+            };
+            (verdict, true)
+        }
         Placement::Upper => by_content(container, &opened.file, &path, false).await?,
         Placement::Elsewhere => {
             let on_volume = opened.stat.st_dev != root_dev;
@@ -361,18 +364,21 @@ pub(crate) async fn classify_opened(
     };
     if placement == Placement::Lower {
         container.cache.put_image_file(key, shown.clone());
-    } else {
+    } else if cacheable {
         container.cache.put(key, path, verdict.clone());
     }
     Ok((shown, verdict))
 }
 
+/// Classifies a file by its content; also says whether the verdict may be cached by identity
+/// ([`classify::Hashed::cacheable`]: a file that can change without a new identity is hashed
+/// again on every exec).
 async fn by_content(
     container: &Arc<Container>,
     file: &OwnedFd,
     path: &Path,
     on_volume: bool,
-) -> Result<Classified, AssessError> {
+) -> Result<(Classified, bool), AssessError> {
     let image = container
         .image()
         .await
@@ -389,7 +395,8 @@ async fn by_content(
             source,
         })?;
     let limit = container.decision_timeout();
-    let hash = tokio::task::spawn_blocking(move || classify::hash_opened_within(&dup, limit))
+    let upper = container.upper_timestamped;
+    let hashed = tokio::task::spawn_blocking(move || classify::hash_for_cache(&dup, limit, upper))
         .await
         .map_err(|err| AssessError::Io {
             step: "hashing",
@@ -401,7 +408,8 @@ async fn by_content(
             pid: 0,
             source,
         })?;
-    Ok(classify::by_content(image.as_ref(), path, hash, on_volume))
+    let verdict = classify::by_content(image.as_ref(), path, hashed.hash, on_volume);
+    Ok((verdict, hashed.cacheable))
 }
 
 /// For an image's dynamic loader: the program it was asked to run, when that program is not

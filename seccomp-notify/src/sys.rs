@@ -28,6 +28,8 @@ const NOTIF_SET_FLAGS: u64 = 0x4008_2104;
 const FD_SYNC_WAKE_UP: u64 = 1;
 /// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`.
 const FLAG_CONTINUE: u32 = 1;
+/// `F_SETSIG` (`fcntl(2)`, Linux; not exported by the libc crate).
+const F_SETSIG: libc::c_int = 10;
 /// `seccomp(2)` operation `SECCOMP_GET_NOTIF_SIZES`.
 const GET_NOTIF_SIZES: libc::c_uint = 3;
 
@@ -243,6 +245,36 @@ pub fn wait(notify: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> io::Result<Wait> {
             return Ok(Wait::HungUp);
         }
     }
+}
+
+/// Whether any process has `file` open for writing (a writable shared mapping counts: it holds
+/// such an open file). Asked the kernel's way: a read lease (`F_SETLEASE`, `F_RDLCK`) on a new
+/// read-only open of the file is refused with `EAGAIN` exactly then, and released at once. The
+/// lease-break signal is set to `SIGURG`, whose default action is to be ignored, so a writer
+/// opening the file in that instant cannot end the daemon with `SIGIO`.
+pub fn has_writers(file: BorrowedFd<'_>) -> io::Result<bool> {
+    let reader = rustix::fs::open(
+        format!("/proc/self/fd/{}", file.as_raw_fd()),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )?;
+    let fd = reader.as_raw_fd();
+    // SAFETY: F_SETSIG takes a signal number as its integer argument; `fd` is an open
+    // descriptor owned by `reader`, which outlives these calls.
+    if unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETLEASE takes the lease type as its integer argument; `fd` is open read-only.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(true),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: as above; releases the lease just taken (closing `reader` would too).
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    Ok(false)
 }
 
 /// Reads from another process's memory at `addr` into `buf`; returns the bytes read, which

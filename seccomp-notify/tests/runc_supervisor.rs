@@ -156,3 +156,41 @@ cp /bin/busybox /root/big; echo x >> /root/big; chmod 755 /root/big
     support::expect_line(&output, "after-rc=0");
     support::expect_line(&output, "big-rc=126");
 }
+
+/// A copy of an image binary is allowed (relocated image binary, alerted), then rewritten in
+/// place through a shared mapping: on tmpfs (`/dev`) that leaves its identity unchanged, and on
+/// the overlay a mapping written before the check changes it later without a new stamp. Either
+/// way the rewritten file must be judged again (new file: denied), not answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_rewritten_through_a_mapping_are_judged_again() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let script = "cp /bin/xat /dev/z; /dev/z ran; echo tmpfs-first-rc=$?
+/bin/xat mmpatch /dev/z; /dev/z marker; echo tmpfs-patched-rc=$?
+cp /bin/xat /tmp/w; /bin/xat prefault-patch /tmp/w; /tmp/w marker; echo upper-patched-rc=$?
+/dev/z ran; echo tmpfs-again-rc=$?";
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    for line in [
+        "tmpfs-first-rc=42",
+        "patched",
+        "tmpfs-patched-rc=126",
+        "prefault-exec-rc=26",
+        "upper-patched-rc=126",
+        "tmpfs-again-rc=126",
+    ] {
+        support::expect_line(&output, line);
+    }
+    assert!(
+        !output.contains("marker:EVIL"),
+        "a rewritten file ran:\n{output}"
+    );
+    let events = supervisor.drain_events();
+    for path in ["/dev/z", "/tmp/w"] {
+        assert!(
+            support::denied(&events, path, VerdictClass::NewFile),
+            "{path} not denied as a new file: {events:#?}"
+        );
+    }
+}

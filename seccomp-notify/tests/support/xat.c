@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -141,10 +142,47 @@ static int swap_race(int argc, char **argv) {
     return 0;
 }
 
+/* A string the patch modes rewrite in a copy of this program ("good" becomes "EVIL"). */
+static const char marker[] = "driftguard-xat-marker:good";
+
+/* Rewrites the marker of FILE through a shared writable mapping (no write(2): on tmpfs the
+   file keeps its timestamps). With prefault, the mapping is written once (same byte) and an exec
+   of FILE is tried while it is live (it fails with ETXTBSY, after the supervisor has looked at
+   the still unchanged file); only then is the marker rewritten. */
+static int patch_marker(const char *file, int prefault) {
+    int fd = open(file, O_RDWR);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) return report("patch-open");
+    char *map = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) return report("patch-mmap");
+    if (prefault) {
+        map[0] = map[0];
+        pid_t child = fork();
+        if (child == 0) {
+            char *args[] = {(char *)file, "ran", NULL};
+            execve(file, args, environ);
+            _exit(errno == ETXTBSY ? 26 : errno == EPERM ? 126 : 125);
+        }
+        int status;
+        waitpid(child, &status, 0);
+        printf("prefault-exec-rc=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    char *at = memmem(map, st.st_size, marker, sizeof marker - 1);
+    if (!at) { printf("patch no-marker\n"); return 1; }
+    memcpy(at + sizeof marker - 5, "EVIL", 4);
+    munmap(map, st.st_size);
+    close(fd);
+    printf("patched\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *mode = argv[1];
     if (!strcmp(mode, "ran")) return 42; /* the marker a swapped-in copy of xat answers with */
+    if (!strcmp(mode, "marker")) { puts(marker); return 0; }
+    if (!strcmp(mode, "mmpatch") && argc >= 3) return patch_marker(argv[2], 0);
+    if (!strcmp(mode, "prefault-patch") && argc >= 3) return patch_marker(argv[2], 1);
     if (!strcmp(mode, "swap") && argc >= 6) return swap_race(argc, argv);
     if (!strcmp(mode, "dirfd") && argc >= 4) { /* xat dirfd DIR NAME [ARGS] */
         int dir = open(argv[2], O_PATH | O_DIRECTORY);
