@@ -326,7 +326,7 @@ pub(crate) async fn classify_opened(
         }
     }
     let path = resolve::fd_path(&opened.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
-    let shown = path.to_string_lossy().into_owned();
+    let shown = target::shown(path.as_os_str().as_encoded_bytes());
     if opened.stat.st_nlink == 0 || resolve::is_memfd_path(&path) {
         let verdict = Classified {
             class: VerdictClass::Fileless,
@@ -455,7 +455,7 @@ pub fn event_argv(notif: &Notification) -> Vec<String> {
     };
     target::read_argv(notif.pid, addr, abi)
         .into_iter()
-        .map(|arg| String::from_utf8_lossy(&arg).into_owned())
+        .map(|arg| target::shown(&arg))
         .collect()
 }
 
@@ -468,6 +468,6 @@ pub fn requested_path(notif: &Notification) -> String {
         None => return String::new(),
     };
     target::read_cstring(notif.pid, addr, PATH_MAX)
-        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .map(|p| target::shown(&p))
         .unwrap_or_default()
 }

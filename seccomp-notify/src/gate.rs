@@ -493,19 +493,31 @@ impl Inner {
         }
         let path = resolve::fd_path(&event.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
         if let Some(hit) = container.cache.get(&key, &path) {
-            let shown = path.to_string_lossy().into_owned();
+            let shown = crate::target::shown(path.as_os_str().as_encoded_bytes());
             return self.finish_noting(&container, event, &shown, hit, true, key);
         }
         let opened = match opened_of(&event, stat) {
             Ok(opened) => opened,
-            Err(err) => return self.fail(&container, event, &path.to_string_lossy(), err),
+            Err(err) => {
+                return self.fail(
+                    &container,
+                    event,
+                    &crate::target::shown(path.as_os_str().as_encoded_bytes()),
+                    err,
+                )
+            }
         };
         let inline = classify(&container, pid, &opened).now_or_never();
         match inline {
             Some(Ok((shown, verdict))) => {
                 self.finish_noting(&container, event, &shown, verdict, false, key)
             }
-            Some(Err(reason)) => self.fail(&container, event, &path.to_string_lossy(), reason),
+            Some(Err(reason)) => self.fail(
+                &container,
+                event,
+                &crate::target::shown(path.as_os_str().as_encoded_bytes()),
+                reason,
+            ),
             None => self.spawn_decision(container, event, opened, path),
         }
     }
@@ -528,7 +540,12 @@ impl Inner {
                 Ok((shown, verdict)) => {
                     inner.finish(&container, event, &shown, verdict, false);
                 }
-                Err(reason) => inner.fail(&container, event, &path.to_string_lossy(), reason),
+                Err(reason) => inner.fail(
+                    &container,
+                    event,
+                    &crate::target::shown(path.as_os_str().as_encoded_bytes()),
+                    reason,
+                ),
             }
         });
     }

@@ -181,6 +181,25 @@ pub fn read_cstring(pid: u32, addr: u64, max: usize) -> Result<Vec<u8>, ReadErro
     Err(ReadError::TooLong)
 }
 
+/// Bytes from a container (a path, an argument) as text for events and policy: valid UTF-8 as it
+/// is, a backslash doubled, and every byte of an invalid sequence as `\xNN`, so two different
+/// names never show the same (a lossy conversion would print both as `�`).
+pub fn shown(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// Reads up to [`MAX_ARGV`] argv strings (each cut at 1 KiB); a bad pointer ends the list.
 pub fn read_argv(pid: u32, argv: u64, abi: Abi) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -217,6 +236,16 @@ mod tests {
 
     fn me() -> u32 {
         std::process::id()
+    }
+
+    #[test]
+    fn shown_names_are_distinct_and_readable() {
+        assert_eq!(shown(b"/usr/bin/env"), "/usr/bin/env");
+        assert_eq!(shown("/tmp/caf\u{e9}".as_bytes()), "/tmp/caf\u{e9}");
+        assert_eq!(shown(b"/tmp/a\xffb"), "/tmp/a\\xffb");
+        assert_eq!(shown(b"/tmp/a\\xffb"), "/tmp/a\\\\xffb");
+        assert_ne!(shown(b"/tmp/\xfe"), shown(b"/tmp/\xff"));
+        assert_eq!(shown(b"a\nb"), "a\nb");
     }
 
     #[test]
