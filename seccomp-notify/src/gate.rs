@@ -158,6 +158,10 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Mount namespace inode → the container registered with it.
     namespaces: Mutex<HashMap<u64, Weak<Container>>>,
+    /// cgroup (v2 path as the daemon sees it) → the container registered with it: places a
+    /// thread that moved to a mount namespace of its own (`unshare -m`) but cannot leave its
+    /// container's cgroup.
+    cgroups: Mutex<HashMap<String, Weak<Container>>>,
     /// Thread id → the files the seccomp stage let that thread's latest exec open.
     expected: Mutex<HashMap<u32, Expected>>,
     /// Thread id → the loader a program the gate allowed names as `PT_INTERP`, and when.
@@ -192,6 +196,7 @@ impl Gate {
             timeout,
             runtime,
             namespaces: Mutex::new(HashMap::new()),
+            cgroups: Mutex::new(HashMap::new()),
             expected: Mutex::new(HashMap::new()),
             interpreters: Mutex::new(HashMap::new()),
         });
@@ -223,6 +228,25 @@ impl Gate {
                 error!(error = %err, "exec gate unavailable; allowed execs are not re-checked");
             })
             .ok()
+    }
+
+    /// Registers the cgroup of `pid` (a process of `container`) for threads that leave the
+    /// container's mount namespace. Never the root, the daemon's own or the host init's cgroup:
+    /// a prefix of those would take host processes for the container's.
+    fn register_cgroup(&self, container: &Arc<Container>, pid: u32) {
+        let Some(cgroup) = cgroup_of(&pid.to_string()) else {
+            return;
+        };
+        let shared = ["self", "1"]
+            .iter()
+            .any(|other| cgroup_of(other).as_deref() == Some(cgroup.as_str()));
+        if cgroup == "/" || shared {
+            debug!(container_id = %container.id, cgroup, "container cgroup not registered");
+            return;
+        }
+        let mut cgroups = lock(&self.inner.cgroups);
+        cgroups.retain(|_, weak| weak.strong_count() > 0);
+        cgroups.insert(cgroup, Arc::downgrade(container));
     }
 
     /// Records, right before the seccomp stage answers `CONTINUE` to thread `tid`, the files it
@@ -295,6 +319,7 @@ impl Gate {
             // Registered before the first mark: an event can only come for a known namespace.
             namespaces.insert(ns, Arc::downgrade(container));
         }
+        self.register_cgroup(container, pid);
         let root = rfs::open(
             format!("/proc/{pid}/root"),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -390,7 +415,22 @@ impl Inner {
     /// container registered (the host, unmonitored containers).
     fn container_of(&self, tid: u32) -> io::Result<Option<Arc<Container>>> {
         let ns = mount_ns(tid)?;
-        Ok(lock(&self.namespaces).get(&ns).and_then(Weak::upgrade))
+        if let Some(container) = lock(&self.namespaces).get(&ns).and_then(Weak::upgrade) {
+            return Ok(Some(container));
+        }
+        // Not a container's mount namespace: a thread that made one of its own still sits in
+        // its container's cgroup (or below it).
+        let Some(cgroup) = cgroup_of(&tid.to_string()) else {
+            return Ok(None);
+        };
+        let cgroups = lock(&self.cgroups);
+        let placed = cgroups.iter().find(|(path, _)| {
+            cgroup == **path
+                || cgroup
+                    .strip_prefix(path.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        });
+        Ok(placed.and_then(|(_, weak)| weak.upgrade()))
     }
 
     /// Remembers, for an exec open the gate itself allowed, the identity of the `PT_INTERP`
@@ -674,6 +714,15 @@ fn gate_event(
         exec_gate: true,
         ..container.event(pid, path)
     }
+}
+
+/// The cgroup v2 path of a process (`/proc/<pid>/cgroup`, the `0::` line), as the daemon's
+/// cgroup namespace shows it; `None` on a cgroup v1 host or when the process is gone.
+fn cgroup_of(pid: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_string)
 }
 
 /// Whether a process with mount namespace `ns` and this mount table belongs to `container`.

@@ -227,3 +227,36 @@ async fn direct_loader_runs_follow_the_policy_option_even_through_a_race() {
     println!("strict loader, gate off: image={image} denied={denied} loader ran={ran}");
     assert!(ran > 0, "the race never won without the gate:\n{output}");
 }
+
+/// Races path and symlink swaps from a process that moved to a mount namespace of its own
+/// (`unshare(CLONE_NEWNS)`, with `CAP_SYS_ADMIN` granted): the gate places it by its cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_in_a_mount_namespace_of_its_own_is_still_gated() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let script = format!(
+        "cp /bin/xat /tmp/evil; echo x >> /tmp/evil; chmod 755 /tmp/evil\n\
+         /bin/xat unshare-swap path /bin/tiny /tmp/evil {TRIES}\n\
+         /bin/xat unshare-swap link /bin/tiny /tmp/evil {TRIES} /tmp/lnk\n"
+    );
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", &script]).expect("bundle");
+    support::grant(&bundle, "CAP_SYS_ADMIN", "unshare")
+        .and_then(|config| support::write_config(&bundle, &config))
+        .expect("unshare allowed");
+    let output = support::run_to_end(bundle).await;
+    for mode in ["path", "link"] {
+        let (image, drift, denied, _) = support::swap_counts(&output, mode);
+        println!("own mount namespace, swap {mode}: image={image} drift={drift} denied={denied}");
+        assert_eq!(
+            drift, 0,
+            "a swapped-in drifted binary ran ({mode}):\n{output}"
+        );
+        assert!(image > 0, "{output}");
+    }
+    let events = supervisor.drain_events();
+    assert!(
+        events.iter().any(|e| e.exec_gate),
+        "the gate caught nothing: {events:#?}"
+    );
+}

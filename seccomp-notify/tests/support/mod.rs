@@ -471,6 +471,12 @@ pub fn swap_counts(output: &str, mode: &str) -> (usize, usize, usize, usize) {
 /// profile allows it whenever the capability is granted). Returns the edited config for more
 /// changes; the caller writes it with [`write_config`].
 pub fn allow_chroot(bundle: &Bundle) -> Result<serde_json::Value> {
+    grant(bundle, "CAP_SYS_CHROOT", "chroot")
+}
+
+/// Gives the bundle's container a capability and lets it make one syscall; returns the edited
+/// config (see [`allow_chroot`]).
+pub fn grant(bundle: &Bundle, capability: &str, syscall: &str) -> Result<serde_json::Value> {
     let path = bundle.dir.join("config.json");
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     let caps = config["process"]["capabilities"]
@@ -478,13 +484,13 @@ pub fn allow_chroot(bundle: &Bundle) -> Result<serde_json::Value> {
         .ok_or_else(|| anyhow::anyhow!("no capabilities in {}", path.display()))?;
     for set in caps.values_mut() {
         if let Some(list) = set.as_array_mut() {
-            list.push("CAP_SYS_CHROOT".into());
+            list.push(capability.into());
         }
     }
     config["linux"]["seccomp"]["syscalls"]
         .as_array_mut()
         .ok_or_else(|| anyhow::anyhow!("no seccomp syscalls in {}", path.display()))?
-        .push(serde_json::json!({"names": ["chroot"], "action": "SCMP_ACT_ALLOW"}));
+        .push(serde_json::json!({"names": [syscall], "action": "SCMP_ACT_ALLOW"}));
     Ok(config)
 }
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,6 +182,10 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     if (!strcmp(mode, "ran")) return 42; /* the marker a swapped-in copy of xat answers with */
     if (!strcmp(mode, "marker")) { puts(marker); return 0; }
+    if (!strcmp(mode, "unshare-swap") && argc >= 6) { /* swap, from a mount namespace of its own */
+        if (unshare(CLONE_NEWNS) != 0) return report("unshare");
+        return swap_race(argc, argv);
+    }
     if (!strcmp(mode, "mmpatch") && argc >= 3) return patch_marker(argv[2], 0);
     if (!strcmp(mode, "prefault-patch") && argc >= 3) return patch_marker(argv[2], 1);
     if (!strcmp(mode, "swap") && argc >= 6) return swap_race(argc, argv);
