@@ -116,6 +116,10 @@ pub async fn assess(
             arch: notif.data.arch,
         });
     };
+    if abi.x32 && !sys::kernel_has_x32() {
+        // The seccomp filter runs before the kernel looks the syscall up: it would fail so.
+        return Ok(Assessment::Errno(libc::ENOSYS));
+    }
     let (lookup, argv_addr) = match read_lookup(pid, call) {
         Ok(found) => found,
         Err(err) if sys::id_valid(notify_fd, notif.id) => {

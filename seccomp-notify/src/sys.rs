@@ -277,6 +277,21 @@ pub fn has_writers(file: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(false)
 }
 
+/// Whether the running kernel serves the x32 ABI (`CONFIG_X86_X32_ABI`): asked once, with an
+/// x32 `getpid`, which fails with `ENOSYS` on a kernel without it. Always false off x86_64.
+pub fn kernel_has_x32() -> bool {
+    static X32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *X32.get_or_init(|| {
+        if cfg!(not(target_arch = "x86_64")) {
+            return false;
+        }
+        // SAFETY: getpid takes no arguments and touches no memory; the x32 bit only selects
+        // the calling convention, which the kernel either serves or refuses with ENOSYS.
+        let rc = unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) };
+        rc >= 0
+    })
+}
+
 /// Reads from another process's memory at `addr` into `buf`; returns the bytes read, which
 /// is less than `buf.len()` only when the remote range is not mapped (then possibly 0).
 ///

@@ -62,6 +62,8 @@ pub struct Abi {
     execveat: i32,
     /// Pointer size in bytes (4 for compat ABIs).
     pub pointer: usize,
+    /// The x32 convention (its syscalls reach the filter even on a kernel without x32).
+    pub x32: bool,
 }
 
 impl Abi {
@@ -71,26 +73,31 @@ impl Abi {
                 execve: X32_BIT | 520,
                 execveat: X32_BIT | 545,
                 pointer: 4,
+                x32: true,
             }),
             AUDIT_ARCH_X86_64 => Some(Abi {
                 execve: 59,
                 execveat: 322,
                 pointer: 8,
+                x32: false,
             }),
             AUDIT_ARCH_I386 => Some(Abi {
                 execve: 11,
                 execveat: 358,
                 pointer: 4,
+                x32: false,
             }),
             AUDIT_ARCH_AARCH64 => Some(Abi {
                 execve: 221,
                 execveat: 281,
                 pointer: 8,
+                x32: false,
             }),
             AUDIT_ARCH_ARM => Some(Abi {
                 execve: 11,
                 execveat: 387,
                 pointer: 4,
+                x32: false,
             }),
             _ => None,
         }

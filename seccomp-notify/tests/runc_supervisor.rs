@@ -194,3 +194,26 @@ cp /bin/xat /tmp/w; /bin/xat prefault-patch /tmp/w; /tmp/w marker; echo upper-pa
         );
     }
 }
+
+/// An x32 `execve` reaches the filter even on a kernel built without x32: the container gets
+/// what the kernel gives the same call outside any filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x32_execs_get_the_kernels_answer() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let supervisor = Running::start(None).await.expect("supervisor");
+    let layer = support::layer().expect("layer");
+    let host = std::process::Command::new(layer.join("bin/xat"))
+        .args(["x32", "/bin/true"])
+        .output()
+        .expect("xat on the host");
+    let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/xat", "x32", "/bin/true"]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    if host.is_empty() {
+        // The kernel serves x32 and ran /bin/true: the container must run it too.
+        assert!(!output.contains("execve-x32 errno"), "{output}");
+    } else {
+        support::expect_line(&output, &host);
+    }
+}

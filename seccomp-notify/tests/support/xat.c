@@ -182,6 +182,11 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     if (!strcmp(mode, "ran")) return 42; /* the marker a swapped-in copy of xat answers with */
     if (!strcmp(mode, "marker")) { puts(marker); return 0; }
+    if (!strcmp(mode, "x32") && argc >= 3) { /* xat x32 PATH: execve through the x32 ABI */
+        char *args[] = {argv[2], NULL};
+        syscall(0x40000000 | 520, argv[2], args, environ);
+        return report("execve-x32");
+    }
     if (!strcmp(mode, "unshare-swap") && argc >= 6) { /* swap, from a mount namespace of its own */
         if (unshare(CLONE_NEWNS) != 0) return report("unshare");
         return swap_race(argc, argv);
