@@ -323,6 +323,7 @@ mod tests {
             execve: 59,
             execveat: 322,
             pointer: 8,
+            x32: false,
         };
         let got = read_argv(me(), argv.as_ptr() as u64, abi);
         assert_eq!(got, vec![b"ls".to_vec(), b"-l".to_vec()]);
