@@ -65,6 +65,10 @@ pub struct Target {
 /// Why an exec could not be classified (the failure policy answers).
 #[derive(Debug, thiserror::Error)]
 pub enum AssessError {
+    /// The exec would fail with this errno on a filesystem that enforces it itself (a file
+    /// open for writing cannot be executed: `ETXTBSY`).
+    #[error("exec refused with errno {0}")]
+    Refused(i32),
     /// Not an exec syscall of a known calling convention.
     #[error("notification is not an exec syscall (nr {nr}, arch {arch:#x})")]
     NotExec {
@@ -149,7 +153,10 @@ pub async fn assess(
     if !classify::is_regular(&opened.stat) {
         return Ok(Assessment::Errno(libc::EACCES));
     }
-    let (path, verdict) = classify_opened(container, &caller, pid, &opened).await?;
+    let (path, verdict) = match classify_opened(container, &caller, pid, &opened).await {
+        Err(AssessError::Refused(errno)) => return Ok(Assessment::Errno(errno)),
+        other => other?,
+    };
     let header = header_of(container, &opened, pid)?;
     let mut target = Target {
         path,
@@ -259,8 +266,11 @@ impl Chain<'_> {
             if !classify::is_regular(&opened.stat) {
                 return Ok(Assessment::Errno(libc::EACCES));
             }
-            let (path, verdict) =
-                classify_opened(self.container, self.caller, self.pid, &opened).await?;
+            let classified = classify_opened(self.container, self.caller, self.pid, &opened).await;
+            let (path, verdict) = match classified {
+                Err(AssessError::Refused(errno)) => return Ok(Assessment::Errno(errno)),
+                other => other?,
+            };
             target.opened.push(FileKey::of(&opened.stat));
             if !is_clean(verdict.class) {
                 target.loaded.push(Target {
@@ -360,7 +370,12 @@ pub(crate) async fn classify_opened(
             };
             (verdict, true)
         }
-        Placement::Upper => by_content(container, &opened.file, &path, false).await?,
+        Placement::Upper => {
+            if upper_file_has_writers(container, &path) {
+                return Err(AssessError::Refused(libc::ETXTBSY));
+            }
+            by_content(container, &opened.file, &path, false).await?
+        }
         Placement::Elsewhere => {
             let on_volume = opened.stat.st_dev != root_dev;
             by_content(container, &opened.file, &path, on_volume).await?
@@ -372,6 +387,40 @@ pub(crate) async fn classify_opened(
         container.cache.put(key, path, verdict.clone());
     }
     Ok((shown, verdict))
+}
+
+/// Whether the upper-layer file behind a container path is open for writing (or mapped
+/// writable) by anyone. Overlayfs maps and writes the upper file itself, so neither the
+/// overlay file's lease nor the kernel's own exec check (`ETXTBSY`) sees such a writer; a
+/// mapping dirtied before the check could change the program after it without a new
+/// timestamp. Unknown counts as a writer.
+fn upper_file_has_writers(container: &Container, path: &Path) -> bool {
+    let Some(upper) = container.layers.as_ref().and_then(|l| l.upperdir.as_ref()) else {
+        return true;
+    };
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let how = rustix::fs::ResolveFlags::BENEATH
+        | rustix::fs::ResolveFlags::NO_SYMLINKS
+        | rustix::fs::ResolveFlags::NO_MAGICLINKS
+        | rustix::fs::ResolveFlags::NO_XDEV;
+    let real = rustix::fs::open(
+        upper,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|dir| {
+        rustix::fs::openat2(
+            &dir,
+            relative,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+            rustix::fs::Mode::empty(),
+            how,
+        )
+    });
+    match real {
+        Ok(real) => !matches!(sys::has_writers(real.as_fd()), Ok(false)),
+        Err(_) => true,
+    }
 }
 
 /// Classifies a file by its content; also says whether the verdict may be cached by identity

@@ -159,7 +159,7 @@ cp /bin/busybox /root/big; echo x >> /root/big; chmod 755 /root/big
 
 /// A copy of an image binary is allowed (relocated image binary, alerted), then rewritten in
 /// place through a shared mapping: on tmpfs (`/dev`) that leaves its identity unchanged, and on
-/// the overlay a mapping written before the check changes it later without a new stamp. Either
+/// the overlay (`/root`) a mapping written before the check changes it later without a new stamp. Either
 /// way the rewritten file must be judged again (new file: denied), not answered from the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_rewritten_through_a_mapping_are_judged_again() {
@@ -167,11 +167,19 @@ async fn files_rewritten_through_a_mapping_are_judged_again() {
     let mut supervisor = Running::start(None).await.expect("supervisor");
     let script = "cp /bin/xat /dev/z; /dev/z ran; echo tmpfs-first-rc=$?
 /bin/xat mmpatch /dev/z; /dev/z marker; echo tmpfs-patched-rc=$?
-cp /bin/xat /tmp/w; /bin/xat prefault-patch /tmp/w; /tmp/w marker; echo upper-patched-rc=$?
-/dev/z ran; echo tmpfs-again-rc=$?";
+cp /bin/xat /root/w; /bin/xat prefault-patch /root/w; /root/w marker; echo upper-patched-rc=$?
+/dev/z ran; echo tmpfs-again-rc=$?
+cp /bin/xat /root/m; /bin/xat hold-dirty /root/m & H=$!
+while [ ! -e /root/m.ready ]; do :; done
+/root/m marker; echo dirty-first-rc=$?
+touch /root/m.go; while [ ! -e /root/m.patched ]; do :; done
+/root/m marker; echo dirty-patched-rc=$?
+touch /root/m.done; wait $H
+/root/m marker; echo mapped-after-rc=$?";
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
     let output = support::run_to_end(bundle).await;
+    let events = supervisor.drain_events();
     for line in [
         "tmpfs-first-rc=42",
         "patched",
@@ -179,6 +187,12 @@ cp /bin/xat /tmp/w; /bin/xat prefault-patch /tmp/w; /tmp/w marker; echo upper-pa
         "prefault-exec-rc=26",
         "upper-patched-rc=126",
         "tmpfs-again-rc=126",
+        // Overlayfs maps the upper file itself, and the kernel lets such a file run while
+        // another process has it mapped writable; driftguard refuses it as the kernel does
+        // elsewhere (text file busy), and judges the content again once the mapping is gone.
+        "dirty-first-rc=126",
+        "dirty-patched-rc=126",
+        "mapped-after-rc=126",
     ] {
         support::expect_line(&output, line);
     }
@@ -186,8 +200,16 @@ cp /bin/xat /tmp/w; /bin/xat prefault-patch /tmp/w; /tmp/w marker; echo upper-pa
         !output.contains("marker:EVIL"),
         "a rewritten file ran:\n{output}"
     );
-    let events = supervisor.drain_events();
-    for path in ["/dev/z", "/tmp/w"] {
+    assert!(
+        !output.contains("marker:good"),
+        "a file mapped writable ran:\n{output}"
+    );
+    assert_eq!(
+        output.matches("Text file busy").count(),
+        2,
+        "the mapped file is refused as busy, twice:\n{output}"
+    );
+    for path in ["/dev/z", "/root/w", "/root/m"] {
         assert!(
             support::denied(&events, path, VerdictClass::NewFile),
             "{path} not denied as a new file: {events:#?}"
