@@ -170,7 +170,10 @@ struct Inner {
 
 /// What the seccomp stage allowed one thread's exec to open, and when.
 struct Expected {
+    /// In the order the kernel opens them: the program, each script interpreter, the loader.
     files: Vec<FileKey>,
+    /// How many of them the kernel has opened so far.
+    next: usize,
     at: Instant,
 }
 
@@ -265,7 +268,7 @@ impl Gate {
                 expected.clear();
             }
         }
-        expected.insert(tid, Expected { files, at });
+        expected.insert(tid, Expected { files, next: 0, at });
     }
 
     /// [`Gate::watch`] with the first of `pids` (a hand-off's process, then the container's
@@ -477,10 +480,30 @@ impl Inner {
     }
 
     /// Whether the seccomp stage just allowed thread `tid` to exec exactly this file.
+    /// Each announced file passes once and only in its turn, so the loader announced as a
+    /// program's interpreter cannot pass as the program itself (a race that swaps the exec path
+    /// to the loader).
     fn expected(&self, tid: u32, key: &FileKey) -> bool {
-        lock(&self.expected)
-            .get(&tid)
-            .is_some_and(|e| e.at.elapsed() < self.timeout && e.files.contains(key))
+        let mut expected = lock(&self.expected);
+        let Some(e) = expected.get_mut(&tid) else {
+            return false;
+        };
+        let turn = e.at.elapsed() < self.timeout && e.files.get(e.next) == Some(key);
+        if turn {
+            e.next += 1;
+        }
+        turn
+    }
+
+    /// Whether an allowed file of class `class` at `path` is the image's loader run directly:
+    /// an untouched (or metadata-only copied) loader that is not the interpreter this thread's
+    /// program named ([`Inner::take_interpreter`]).
+    fn direct_loader(&self, tid: u32, key: &FileKey, path: &str, class: VerdictClass) -> bool {
+        matches!(
+            class,
+            VerdictClass::ImageFile | VerdictClass::MetadataCopyUp
+        ) && classify::is_dynamic_loader(Path::new(path))
+            && !self.take_interpreter(tid, key)
     }
 
     fn handle(self: &Arc<Self>, event: PermissionEvent) {
@@ -513,11 +536,10 @@ impl Inner {
             .then(|| container.cache.image_file(&key))
             .flatten()
         {
-            if !classify::is_dynamic_loader(Path::new(&path)) {
-                self.note_interpreter(&container, pid, &event.file, key);
-                return self.answer(event, true);
-            }
-            if self.take_interpreter(pid, &key) {
+            if !self.direct_loader(pid, &key, &path, VerdictClass::ImageFile) {
+                if !classify::is_dynamic_loader(Path::new(&path)) {
+                    self.note_interpreter(&container, pid, &event.file, key);
+                }
                 return self.answer(event, true);
             }
             // The image's loader opened for exec, neither announced by the seccomp stage nor
@@ -578,7 +600,8 @@ impl Inner {
                 .unwrap_or_else(|_| Err(format!("decision timed out after {:?}", inner.timeout)));
             match decided {
                 Ok((shown, verdict)) => {
-                    inner.finish(&container, event, &shown, verdict, false);
+                    let key = FileKey::of(&opened.stat);
+                    inner.finish_noting(&container, event, &shown, verdict, false, key);
                 }
                 Err(reason) => inner.fail(
                     &container,
@@ -602,6 +625,10 @@ impl Inner {
         key: FileKey,
     ) {
         let pid = event.pid as u32;
+        let mut verdict = verdict;
+        if self.direct_loader(pid, &key, path, verdict.class) {
+            verdict.class = VerdictClass::DirectLoader;
+        }
         self.note_interpreter(container, pid, &event.file, key);
         if !self.finish(container, event, path, verdict, seen) {
             lock(&self.interpreters).remove(&pid);

@@ -177,10 +177,18 @@ spec:
     action: block
 ";
 
-/// Runs the image's loader directly, and races `/bin/tiny` against a swap of the exec path to
-/// the loader (which, given the program `ran`, fails with 127 when it runs: counted `rc127`).
+/// Runs the image's loader directly, then races swaps of the exec path to the loader (which,
+/// given the program `ran`, fails with 127 when it runs: counted `rc127`): from `/bin/tiny`
+/// (static), from `/usr/bin/gnu-true` (dynamic: the loader is also its announced interpreter),
+/// and, once the loader is copied up by `touch`, from `/bin/tiny` again.
 const LOADER_SCRIPT: &str = "/lib64/ld-linux-x86-64.so.2 /usr/bin/gnu-true; echo direct-rc=$?
-/bin/xat swap path /bin/tiny /lib64/ld-linux-x86-64.so.2 300\n";
+/bin/xat swap path /bin/tiny /lib64/ld-linux-x86-64.so.2 300
+/bin/xat swap link /usr/bin/gnu-true /lib64/ld-linux-x86-64.so.2 300 /root/lnk
+touch /lib64/ld-linux-x86-64.so.2
+/bin/xat swap path-lx /bin/tiny /lib64/ld-linux-x86-64.so.2 300\n";
+
+/// The swaps of [`LOADER_SCRIPT`].
+const LOADER_SWAPS: [&str; 3] = ["path", "link", "path-lx"];
 
 async fn loader_run(policy: &str, second_stages: bool) -> (String, Vec<ExecEvent>) {
     let runc = support::runc("1.1.5").expect("runc");
@@ -207,11 +215,16 @@ async fn direct_loader_runs_follow_the_policy_option_even_through_a_race() {
     // path to the loader after the check is refused by the gate: the loader never runs.
     let (output, events) = loader_run(STRICT_LOADER_POLICY, true).await;
     support::expect_line(&output, "direct-rc=126");
-    let (image, _, denied, _) = support::swap_counts(&output, "path");
-    let ran = support::swap_field(&output, "path", "rc127");
-    println!("strict loader, gate on: image={image} denied={denied} loader ran={ran}");
-    assert_eq!(ran, 0, "the loader ran past both stages:\n{output}");
-    assert!(image > 0, "{output}");
+    for mode in LOADER_SWAPS {
+        let (image, _, denied, _) = support::swap_counts(&output, mode);
+        let ran = support::swap_field(&output, mode, "rc127");
+        println!("strict loader, gate on, {mode}: image={image} denied={denied} loader ran={ran}");
+        assert_eq!(
+            ran, 0,
+            "the loader ran past both stages ({mode}):\n{output}"
+        );
+        assert!(image > 0, "{output}");
+    }
     let refused = |e: &&ExecEvent| {
         e.class == Some(driftguard_policy::VerdictClass::DirectLoader) && e.outcome == Outcome::Deny
     };
@@ -222,9 +235,11 @@ async fn direct_loader_runs_follow_the_policy_option_even_through_a_race() {
 
     // Control: the seccomp stage alone lets some of the swaps run the loader.
     let (output, _) = loader_run(STRICT_LOADER_POLICY, false).await;
-    let (image, _, denied, _) = support::swap_counts(&output, "path");
-    let ran = support::swap_field(&output, "path", "rc127");
-    println!("strict loader, gate off: image={image} denied={denied} loader ran={ran}");
+    let ran: usize = LOADER_SWAPS
+        .iter()
+        .map(|mode| support::swap_field(&output, mode, "rc127"))
+        .sum();
+    println!("strict loader, gate off: loader ran={ran}");
     assert!(ran > 0, "the race never won without the gate:\n{output}");
 }
 
