@@ -111,6 +111,35 @@ pub fn script_interpreter(buf: &[u8]) -> &[u8] {
     &rest[..end]
 }
 
+/// The optional argument of a `#!` line (`buf` starts with `#!`): what follows the interpreter
+/// up to the end of the line, without surrounding blanks, as one argument (as `binfmt_script`
+/// passes it); `None` when there is none.
+pub fn script_argument(buf: &[u8]) -> Option<&[u8]> {
+    let buf = &buf[..buf.len().min(BINPRM_BUF_SIZE)];
+    let line = buf.get(2..).unwrap_or_default();
+    let line = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => &line[..end],
+        None => line,
+    };
+    let blank = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = line.iter().position(|b| !blank(b))?;
+    let rest = &line[start..];
+    let after = rest.iter().position(|b| blank(b) || *b == 0)?;
+    let arg = &rest[after..];
+    let first = arg.iter().position(|b| !blank(b))?;
+    let last = arg.iter().rposition(|b| !blank(b))?;
+    let arg = &arg[first..=last];
+    (!arg.is_empty() && arg[0] != 0).then_some(arg)
+}
+
+/// Reads the optional `#!` argument of a script opened `O_PATH` ([`script_argument`]).
+pub fn read_script_argument(file: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
+    let reader = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let mut line = [0u8; BINPRM_BUF_SIZE];
+    let n = read_full(&reader, &mut line, 0)?;
+    Ok(script_argument(&line[..n]).map(<[u8]>::to_vec))
+}
+
 /// The fields of an ELF header needed to find `PT_INTERP`.
 #[derive(Debug, Clone, Copy)]
 struct Elf {
@@ -238,6 +267,20 @@ impl Elf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_arguments_are_one_trimmed_argument() {
+        assert_eq!(script_argument(b"#!/bin/sh\necho"), None);
+        assert_eq!(script_argument(b"#! /bin/sh   \n"), None);
+        assert_eq!(
+            script_argument(b"#!/lib64/ld.so /tmp/evil\n"),
+            Some(&b"/tmp/evil"[..])
+        );
+        assert_eq!(
+            script_argument(b"#!/usr/bin/env  python3 -u  \nx"),
+            Some(&b"python3 -u"[..])
+        );
+    }
 
     fn header_of(bytes: &[u8]) -> Header {
         let mut file = tempfile::NamedTempFile::new().expect("temp");

@@ -185,7 +185,7 @@ pub async fn assess(
         caller: &caller,
         pid,
     };
-    chain.follow(target, header).await
+    chain.follow(target, header, &opened).await
 }
 
 /// Whether a class means the file is the image's own, unchanged.
@@ -238,7 +238,14 @@ impl Chain<'_> {
         &self,
         mut target: Target,
         mut header: Header,
+        first: &Opened,
     ) -> Result<Assessment, AssessError> {
+        // The script whose `#!` line is being followed.
+        let mut script = first.file.try_clone().map_err(|source| AssessError::Io {
+            step: "duplicating the target fd",
+            pid: self.pid,
+            source,
+        })?;
         for depth in 0.. {
             let (interp, is_script) = match header {
                 Header::Script(interp) => (interp, true),
@@ -259,7 +266,7 @@ impl Chain<'_> {
                 // The kernel fails such a script with ENOEXEC; nothing else is loaded.
                 break;
             }
-            let opened = match self.caller.resolve(&Lookup::execve(interp)) {
+            let opened = match self.caller.resolve(&Lookup::execve(interp.clone())) {
                 Ok(opened) => opened,
                 Err(err) => return lookup_failure(err, self.pid),
             };
@@ -272,6 +279,25 @@ impl Chain<'_> {
                 other => other?,
             };
             target.opened.push(FileKey::of(&opened.stat));
+            let mut verdict = verdict;
+            if is_script && is_clean(verdict.class) && classify::is_dynamic_loader(Path::new(&path))
+            {
+                // `#!/lib64/ld-linux-x86-64.so.2 ARG`: the kernel runs the loader with the
+                // line's argument, then the script: a direct loader run, and a loader trick
+                // when the program it names is drifted.
+                let argument = binfmt::read_script_argument(&script).ok().flatten();
+                let argv: Vec<Vec<u8>> = [Some(interp), argument, Some(target.path.clone().into())]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let loaded = loader_program_target(self.container, self.caller, self.pid, &argv);
+                if let Some(mut program) = loaded.await? {
+                    program.opened = std::mem::take(&mut target.opened);
+                    program.loaded.push(target);
+                    return Ok(Assessment::Target(program));
+                }
+                verdict.class = VerdictClass::DirectLoader;
+            }
             if !is_clean(verdict.class) {
                 target.loaded.push(Target {
                     path,
@@ -284,6 +310,7 @@ impl Chain<'_> {
                 break;
             }
             header = header_of(self.container, &opened, self.pid)?;
+            script = opened.file;
         }
         Ok(Assessment::Target(target))
     }

@@ -83,3 +83,38 @@ async fn swapped_interpreters_and_copied_loaders_are_denied() {
         "image files run silently: {events:#?}"
     );
 }
+
+/// A policy that only alerts on files of volumes (the test's `/tmp` is a tmpfs mount).
+const VOLUME_ALERT_POLICY: &str = "apiVersion: driftguard.dev/v1
+kind: DriftPolicy
+spec:
+  volumeFiles: alert
+  defaultRule:
+    name: block-drift
+    action: block
+";
+
+/// A script whose `#!` line runs the image's loader with a dropped program as its argument:
+/// the script may run (an alert, on a volume), but the program the loader would load is judged
+/// as a loader trick and the exec denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_named_by_a_script_line_is_checked_for_its_program() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start_configured(None, VOLUME_ALERT_POLICY, |_| {})
+        .await
+        .expect("supervisor");
+    let script = "cp /bin/xat /root/evil; echo x >> /root/evil; chmod 755 /root/evil
+/root/evil ran; echo direct-rc=$?
+printf '#!/lib64/ld-linux-x86-64.so.2 /root/evil\\necho no\\n' > /tmp/s; chmod 755 /tmp/s
+/tmp/s; echo script-rc=$?";
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    support::expect_line(&output, "direct-rc=126");
+    support::expect_line(&output, "script-rc=126");
+    let events = supervisor.drain_events();
+    assert!(
+        support::denied(&events, "/root/evil", VerdictClass::LoaderTrick),
+        "{events:#?}"
+    );
+}
