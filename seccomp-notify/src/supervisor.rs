@@ -534,15 +534,22 @@ fn assess_owned(container: Arc<Container>, fd: Arc<OwnedFd>, notif: Notification
     Box::pin(async move { exec::assess(&container, fd.as_fd(), &notif).await })
 }
 
-/// The parent of `pid` (host pid namespace) and its executable, read from procfs. Best effort:
-/// the parent may already be gone, and a container may name its executable anything.
+/// The parent of `pid` (host pid namespace) and its executable, read from procfs and shown as
+/// [`crate::target::shown`] writes names. Best effort: the parent may already be gone, and a
+/// container may name its executable anything — the kernel's ` (deleted)` suffix of a deleted
+/// executable can be imitated by a live file of that name.
 pub(crate) fn parent_of(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: fields follow the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: fields follow the last ')'.
+    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    let ppid: u32 = std::str::from_utf8(after)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     let exe = std::fs::read_link(format!("/proc/{ppid}/exe"))
-        .map(|p| p.display().to_string())
+        .map(|p| crate::target::shown(p.as_os_str().as_encoded_bytes()))
         .unwrap_or_default();
     Some((ppid, exe))
 }
