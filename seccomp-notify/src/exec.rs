@@ -23,6 +23,7 @@
 //! really opens.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -146,7 +147,7 @@ pub async fn assess(
     if !sys::id_valid(notify_fd, notif.id) {
         return Ok(Assessment::Gone);
     }
-    let opened = match caller.resolve(&lookup) {
+    let opened = match resolve_linked(&caller, &lookup) {
         Ok(opened) => opened,
         Err(err) => return lookup_failure(err, pid),
     };
@@ -316,6 +317,21 @@ impl Chain<'_> {
     }
 }
 
+/// Resolves an exec target; a file found by a path that has no links left by the time it is
+/// looked at was replaced in between (an atomic `rename` over it), so the path is resolved
+/// again, a few times, as the kernel would find the new file. A file still unlinked after that
+/// was reached through a link that keeps it (`/proc/self/fd/N` of a deleted file): fileless.
+fn resolve_linked(caller: &Caller, lookup: &Lookup) -> std::io::Result<Opened> {
+    let mut opened = caller.resolve(lookup)?;
+    for _ in 0..3 {
+        if opened.stat.st_nlink > 0 || opened.from_fd {
+            break;
+        }
+        opened = caller.resolve(lookup)?;
+    }
+    Ok(opened)
+}
+
 fn lookup_failure(err: std::io::Error, pid: u32) -> Result<Assessment, AssessError> {
     match err.raw_os_error() {
         Some(errno) if LOOKUP_ERRNOS.contains(&errno) => Ok(Assessment::Errno(errno)),
@@ -366,9 +382,18 @@ pub(crate) async fn classify_opened(
             return Ok((path, verdict));
         }
     }
-    let path = resolve::fd_path(&opened.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
+    let mut path = resolve::fd_path(&opened.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
+    if opened.unlinked_after_open || opened.stat.st_nlink > 0 {
+        // Linked when it was opened, unlinked since (replaced by a rename): judged by content
+        // at the path it had (the kernel's " (deleted)" suffix removed).
+        let bytes = path.as_os_str().as_encoded_bytes();
+        if let Some(stem) = bytes.strip_suffix(b" (deleted)") {
+            path = PathBuf::from(std::ffi::OsStr::from_bytes(stem));
+        }
+    }
     let shown = target::shown(path.as_os_str().as_encoded_bytes());
-    if opened.stat.st_nlink == 0 || resolve::is_memfd_path(&path) {
+    let fileless = opened.stat.st_nlink == 0 && !opened.unlinked_after_open;
+    if fileless || resolve::is_memfd_path(&path) {
         let verdict = Classified {
             class: VerdictClass::Fileless,
             hash: None,
@@ -376,14 +401,19 @@ pub(crate) async fn classify_opened(
         };
         return Ok((shown, verdict));
     }
-    if let Some(hit) = container.cache.get(&key, &path) {
-        return Ok((shown, hit));
-    }
     let root_dev = caller.root_dev().map_err(|source| AssessError::Io {
         step: "stat of root",
         pid,
         source,
     })?;
+    if let Some(hit) = container.cache.get(&key, &path) {
+        // A writer that maps the upper file after the verdict was cached changes neither the
+        // file's identity nor, until it writes, its timestamps.
+        if opened.stat.st_dev == root_dev && upper_writers(container, &path) == Some(true) {
+            return Err(AssessError::Refused(libc::ETXTBSY));
+        }
+        return Ok((shown, hit));
+    }
     let placement = match &container.layers {
         Some(layers) => classify::placement(layers, root_dev, &path, &opened.stat),
         None => Placement::Elsewhere,
@@ -398,7 +428,7 @@ pub(crate) async fn classify_opened(
             (verdict, true)
         }
         Placement::Upper => {
-            if upper_file_has_writers(container, &path) {
+            if upper_writers(container, &path) != Some(false) {
                 return Err(AssessError::Refused(libc::ETXTBSY));
             }
             by_content(container, &opened.file, &path, false).await?
@@ -417,36 +447,35 @@ pub(crate) async fn classify_opened(
 }
 
 /// Whether the upper-layer file behind a container path is open for writing (or mapped
-/// writable) by anyone. Overlayfs maps and writes the upper file itself, so neither the
-/// overlay file's lease nor the kernel's own exec check (`ETXTBSY`) sees such a writer; a
-/// mapping dirtied before the check could change the program after it without a new
-/// timestamp. Unknown counts as a writer.
-fn upper_file_has_writers(container: &Container, path: &Path) -> bool {
-    let Some(upper) = container.layers.as_ref().and_then(|l| l.upperdir.as_ref()) else {
-        return true;
-    };
+/// writable) by anyone: `None` when there is no such upper file (or no upper layer), an
+/// unanswerable check counts as a writer. Overlayfs maps and writes the upper file itself, so
+/// neither the overlay file's lease nor the kernel's own exec check (`ETXTBSY`) sees such a
+/// writer; a mapping dirtied before the check could change the program after it without a new
+/// timestamp.
+pub(crate) fn upper_writers(container: &Container, path: &Path) -> Option<bool> {
+    let upper = container.layers.as_ref()?.upperdir.as_ref()?;
     let relative = path.strip_prefix("/").unwrap_or(path);
     let how = rustix::fs::ResolveFlags::BENEATH
         | rustix::fs::ResolveFlags::NO_SYMLINKS
         | rustix::fs::ResolveFlags::NO_MAGICLINKS
         | rustix::fs::ResolveFlags::NO_XDEV;
-    let real = rustix::fs::open(
+    let dir = rustix::fs::open(
         upper,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .and_then(|dir| {
-        rustix::fs::openat2(
-            &dir,
-            relative,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
-            rustix::fs::Mode::empty(),
-            how,
-        )
-    });
+    .ok()?;
+    let real = rustix::fs::openat2(
+        &dir,
+        relative,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+        how,
+    );
     match real {
-        Ok(real) => !matches!(sys::has_writers(real.as_fd()), Ok(false)),
-        Err(_) => true,
+        Ok(real) => Some(!matches!(sys::has_writers(real.as_fd()), Ok(false))),
+        Err(rustix::io::Errno::NOENT) => None,
+        Err(_) => Some(true),
     }
 }
 

@@ -556,6 +556,14 @@ impl Inner {
         let path = resolve::fd_path(&event.file).unwrap_or_else(|_| PathBuf::from("<unknown>"));
         if let Some(hit) = container.cache.get(&key, &path) {
             let shown = crate::target::shown(path.as_os_str().as_encoded_bytes());
+            if exec::upper_writers(&container, &path) == Some(true) {
+                // As the seccomp stage: a cached verdict says nothing about a file that is
+                // mapped writable now.
+                let error = "open for writing or mapped writable (text file busy)".to_string();
+                let exec_event = gate_event(&container, pid, &shown, Outcome::Deny, Some(error));
+                self.answer(event, false);
+                return self.sink.emit(exec_event);
+            }
             return self.finish_noting(&container, event, &shown, hit, true, key);
         }
         let opened = match opened_of(&event, stat) {
@@ -719,10 +727,16 @@ fn opened_of(event: &PermissionEvent, stat: rfs::Stat) -> Result<Opened, String>
         .file
         .try_clone()
         .map_err(|e| format!("duplicating the exec gate fd: {e}"))?;
+    // The kernel opened the file by a name that existed then; a file unlinked since was
+    // replaced (or removed) while the exec went on. A file executed through a link that kept
+    // it after its deletion never gets here unannounced unless a race swapped it in, and then
+    // its content decides as well.
+    let unlinked_after_open = stat.st_nlink == 0;
     Ok(Opened {
         file,
         stat,
         from_fd: false,
+        unlinked_after_open,
     })
 }
 

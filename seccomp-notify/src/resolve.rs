@@ -102,6 +102,10 @@ pub struct Opened {
     pub stat: rfs::Stat,
     /// Whether it came from the caller's fd (`AT_EMPTY_PATH`).
     pub from_fd: bool,
+    /// The kernel opened it for an exec and it lost its last link only afterwards (the exec
+    /// gate's file, replaced by a `rename` while the exec went on): it is judged by its content
+    /// at the path it had, not as fileless.
+    pub unlinked_after_open: bool,
 }
 
 /// A lookup that would leave the caller's root: a magic link or a directory fd that leads to
@@ -170,6 +174,7 @@ impl Caller {
             file,
             stat,
             from_fd,
+            unlinked_after_open: false,
         })
     }
 

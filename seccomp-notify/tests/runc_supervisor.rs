@@ -175,7 +175,12 @@ while [ ! -e /root/m.ready ]; do :; done
 touch /root/m.go; while [ ! -e /root/m.patched ]; do :; done
 /root/m marker; echo dirty-patched-rc=$?
 touch /root/m.done; wait $H
-/root/m marker; echo mapped-after-rc=$?";
+/root/m marker; echo mapped-after-rc=$?
+cp /bin/xat /root/c; /root/c marker >/dev/null; echo cached-first-rc=$?
+/bin/xat hold-clean /root/c & H=$!
+while [ ! -e /root/c.ready ]; do :; done
+/root/c marker; echo cached-mapped-rc=$?
+touch /root/c.go /root/c.done; wait $H";
     let bundle =
         Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
     let output = support::run_to_end(bundle).await;
@@ -193,6 +198,9 @@ touch /root/m.done; wait $H
         "dirty-first-rc=126",
         "dirty-patched-rc=126",
         "mapped-after-rc=126",
+        // A verdict cached before the file was mapped writable does not let it run.
+        "cached-first-rc=0",
+        "cached-mapped-rc=126",
     ] {
         support::expect_line(&output, line);
     }
@@ -206,8 +214,8 @@ touch /root/m.done; wait $H
     );
     assert_eq!(
         output.matches("Text file busy").count(),
-        2,
-        "the mapped file is refused as busy, twice:\n{output}"
+        3,
+        "the mapped files are refused as busy:\n{output}"
     );
     for path in ["/dev/z", "/root/w", "/root/m"] {
         assert!(
@@ -238,4 +246,30 @@ async fn x32_execs_get_the_kernels_answer() {
     } else {
         support::expect_line(&output, &host);
     }
+}
+
+/// An image script replaced over and over by a same-content copy (`cp` + `mv`, as deployment
+/// tools do) keeps running: a file unlinked between resolution and classification is resolved
+/// again, never taken for a fileless exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_replaced_by_rename_keeps_running() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let script = "cp /opt/scenario/hello.sh /root/orig
+(while [ ! -e /root/stop ]; do cp /root/orig /root/s.new; mv /root/s.new /opt/scenario/hello.sh; done) &
+i=0; f=0
+while [ $i -lt 400 ]; do /opt/scenario/hello.sh >/dev/null || f=$((f+1)); i=$((i+1)); done
+echo replaced-failures=$f
+touch /root/stop; wait";
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", script]).expect("bundle");
+    let output = support::run_to_end(bundle).await;
+    let events = supervisor.drain_events();
+    support::expect_line(&output, "replaced-failures=0");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.class == Some(VerdictClass::Fileless)),
+        "{events:#?}"
+    );
 }

@@ -177,11 +177,12 @@ static int patch_marker(const char *file, int prefault) {
     return 0;
 }
 
-/* xat hold-dirty FILE: maps FILE shared and writable, dirties every page, closes the fd (the
+/* xat hold-dirty FILE (hold-clean FILE: without dirtying): maps FILE shared and writable,
+   dirties every page, closes the fd (the
    mapping stays) and creates FILE.ready; once FILE.go exists it rewrites the marker through the
    mapping (no new fault, no new timestamp), creates FILE.patched and keeps the mapping until
    FILE.done exists. */
-static int hold_dirty(const char *file) {
+static int hold_dirty(const char *file, int dirty) {
     char ready[300], go[300], patched[300], done[300];
     snprintf(ready, sizeof ready, "%s.ready", file);
     snprintf(go, sizeof go, "%s.go", file);
@@ -193,7 +194,7 @@ static int hold_dirty(const char *file) {
     char *map = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) return report("dirty-mmap");
     close(fd);
-    for (off_t at = 0; at < st.st_size; at += 4096) map[at] = map[at];
+    for (off_t at = 0; dirty && at < st.st_size; at += 4096) map[at] = map[at];
     close(open(ready, O_CREAT | O_WRONLY, 0644));
     while (access(go, F_OK) != 0) usleep(1000);
     char *at = memmem(map, st.st_size, marker, sizeof marker - 1);
@@ -209,7 +210,9 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     if (!strcmp(mode, "ran")) return 42; /* the marker a swapped-in copy of xat answers with */
     if (!strcmp(mode, "marker")) { puts(marker); return 0; }
-    if (!strcmp(mode, "hold-dirty") && argc >= 3) return hold_dirty(argv[2]);
+    if (!strcmp(mode, "hold-dirty") && argc >= 3) return hold_dirty(argv[2], 1);
+    /* hold-clean: the same, without dirtying the pages first (no timestamp changes at all) */
+    if (!strcmp(mode, "hold-clean") && argc >= 3) return hold_dirty(argv[2], 0);
     if (!strcmp(mode, "x32") && argc >= 3) { /* xat x32 PATH: execve through the x32 ABI */
         char *args[] = {argv[2], NULL};
         syscall(0x40000000 | 520, argv[2], args, environ);
