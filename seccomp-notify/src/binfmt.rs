@@ -33,8 +33,13 @@ const ET_DYN: u16 = 3;
 /// What an exec target's first bytes say about what the kernel loads with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Header {
-    /// A `#!` script with this interpreter path (empty when the line names none).
-    Script(Vec<u8>),
+    /// A `#!` script.
+    Script {
+        /// The interpreter path (empty when the line names none).
+        interp: Vec<u8>,
+        /// The line's optional argument ([`script_line`]).
+        argument: Option<Vec<u8>>,
+    },
     /// An ELF program.
     Elf {
         /// The `PT_INTERP` path, when it has one.
@@ -69,7 +74,11 @@ pub fn read_header(file: &OwnedFd) -> io::Result<Header> {
     if head.starts_with(b"#!") {
         let mut line = [0u8; BINPRM_BUF_SIZE];
         let n = read_full(&reader, &mut line, 0)?;
-        return Ok(Header::Script(script_interpreter(&line[..n]).to_vec()));
+        let (interp, argument) = script_line(&line[..n]);
+        return Ok(Header::Script {
+            interp: interp.to_vec(),
+            argument: argument.map(<[u8]>::to_vec),
+        });
     }
     match Elf::parse(head) {
         Some(elf) => elf.header(&reader),
@@ -90,54 +99,34 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// The interpreter path of a `#!` line, as `binfmt_script` parses it from the first
-/// `BINPRM_BUF_SIZE` bytes (`buf` starts with `#!`).
-pub fn script_interpreter(buf: &[u8]) -> &[u8] {
+/// A `#!` line as `binfmt_script` parses it from the first `BINPRM_BUF_SIZE` bytes (`buf`
+/// starts with `#!`): the interpreter path, and the optional argument — what follows the path up
+/// to the end of the line, without surrounding blanks, passed as one argument.
+pub fn script_line(buf: &[u8]) -> (&[u8], Option<&[u8]>) {
     let buf = &buf[..buf.len().min(BINPRM_BUF_SIZE)];
     let line = buf.get(2..).unwrap_or_default();
     let line = match line.iter().position(|&b| b == b'\n') {
         Some(end) => &line[..end],
         None => line,
     };
-    let start = line
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(line.len());
-    let rest = &line[start..];
+    let trim = |bytes: &'_ [u8]| -> usize {
+        bytes
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')
+            .unwrap_or(bytes.len())
+    };
+    let rest = &line[trim(line)..];
     let end = rest
         .iter()
         .position(|&b| matches!(b, b' ' | b'\t' | 0))
         .unwrap_or(rest.len());
-    &rest[..end]
-}
-
-/// The optional argument of a `#!` line (`buf` starts with `#!`): what follows the interpreter
-/// up to the end of the line, without surrounding blanks, as one argument (as `binfmt_script`
-/// passes it); `None` when there is none.
-pub fn script_argument(buf: &[u8]) -> Option<&[u8]> {
-    let buf = &buf[..buf.len().min(BINPRM_BUF_SIZE)];
-    let line = buf.get(2..).unwrap_or_default();
-    let line = match line.iter().position(|&b| b == b'\n') {
-        Some(end) => &line[..end],
-        None => line,
-    };
-    let blank = |b: &u8| matches!(b, b' ' | b'\t');
-    let start = line.iter().position(|b| !blank(b))?;
-    let rest = &line[start..];
-    let after = rest.iter().position(|b| blank(b) || *b == 0)?;
-    let arg = &rest[after..];
-    let first = arg.iter().position(|b| !blank(b))?;
-    let last = arg.iter().rposition(|b| !blank(b))?;
-    let arg = &arg[first..=last];
-    (!arg.is_empty() && arg[0] != 0).then_some(arg)
-}
-
-/// Reads the optional `#!` argument of a script opened `O_PATH` ([`script_argument`]).
-pub fn read_script_argument(file: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
-    let reader = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let mut line = [0u8; BINPRM_BUF_SIZE];
-    let n = read_full(&reader, &mut line, 0)?;
-    Ok(script_argument(&line[..n]).map(<[u8]>::to_vec))
+    let arg = &rest[end..];
+    let arg = &arg[trim(arg)..];
+    let last = arg.iter().rposition(|&b| b != b' ' && b != b'\t');
+    let argument = last
+        .map(|last| &arg[..=last])
+        .filter(|a| a.first() != Some(&0));
+    (&rest[..end], argument)
 }
 
 /// The fields of an ELF header needed to find `PT_INTERP`.
@@ -268,6 +257,14 @@ impl Elf {
 mod tests {
     use super::*;
 
+    fn script_interpreter(buf: &[u8]) -> &[u8] {
+        script_line(buf).0
+    }
+
+    fn script_argument(buf: &[u8]) -> Option<&[u8]> {
+        script_line(buf).1
+    }
+
     #[test]
     fn script_arguments_are_one_trimmed_argument() {
         assert_eq!(script_argument(b"#!/bin/sh\necho"), None);
@@ -310,7 +307,10 @@ mod tests {
         assert_eq!(script_interpreter(&long).len(), BINPRM_BUF_SIZE - 2);
         assert_eq!(
             header_of(b"#!/bin/sh\necho hi\n"),
-            Header::Script(b"/bin/sh".to_vec())
+            Header::Script {
+                interp: b"/bin/sh".to_vec(),
+                argument: None
+            }
         );
     }
 

@@ -8,11 +8,13 @@
 //! Limits: the rootfs is looked up once; a container whose rootfs is remounted later keeps the
 //! old layers.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use driftguard_policy::{Outcome, Scope};
+use rustix::fs::{Mode, OFlags};
 use tokio::sync::watch;
 
 use crate::classify::{ImageLookup, VerdictCache};
@@ -38,6 +40,9 @@ pub struct Container {
     /// mappings ([`crate::classify::is_timestamped_fs`]): only then may content verdicts of its
     /// files be cached by identity.
     pub upper_timestamped: bool,
+    /// The overlay's upper layer directory (`O_PATH`), opened once: upper files are looked up
+    /// below it on the exec path.
+    pub upper_dir: Option<OwnedFd>,
     image: watch::Receiver<ImageSlot>,
     decision_timeout: Duration,
 }
@@ -77,16 +82,23 @@ impl Container {
                 ))));
             }
         }
-        let upper_timestamped = layers
+        let upper_dir = layers
             .as_ref()
             .and_then(|l| l.upperdir.as_ref())
-            .and_then(|upper| rustix::fs::statfs(upper).ok())
+            .and_then(|upper| {
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                rustix::fs::open(upper, flags, Mode::empty()).ok()
+            });
+        let upper_timestamped = upper_dir
+            .as_ref()
+            .and_then(|dir| rustix::fs::fstatfs(dir).ok())
             .is_some_and(|fs| crate::classify::is_timestamped_fs(fs.f_type));
         Container {
             id: state.state.id.clone(),
             scope,
             annotated,
             upper_timestamped,
+            upper_dir,
             layers,
             cache: VerdictCache::default(),
             image: rx,

@@ -186,7 +186,7 @@ pub async fn assess(
         caller: &caller,
         pid,
     };
-    chain.follow(target, header, &opened).await
+    chain.follow(target, header).await
 }
 
 /// Whether a class means the file is the image's own, unchanged.
@@ -239,21 +239,14 @@ impl Chain<'_> {
         &self,
         mut target: Target,
         mut header: Header,
-        first: &Opened,
     ) -> Result<Assessment, AssessError> {
-        // The script whose `#!` line is being followed.
-        let mut script = first.file.try_clone().map_err(|source| AssessError::Io {
-            step: "duplicating the target fd",
-            pid: self.pid,
-            source,
-        })?;
         for depth in 0.. {
-            let (interp, is_script) = match header {
-                Header::Script(interp) => (interp, true),
+            let (interp, argument, is_script) = match header {
+                Header::Script { interp, argument } => (interp, argument, true),
                 Header::Elf {
                     interp: Some(interp),
                     ..
-                } => (interp, false),
+                } => (interp, None, false),
                 Header::Elf { interp: None, .. } | Header::Other => break,
             };
             if is_script && depth >= binfmt::MAX_INTERP_DEPTH {
@@ -286,7 +279,6 @@ impl Chain<'_> {
                 // `#!/lib64/ld-linux-x86-64.so.2 ARG`: the kernel runs the loader with the
                 // line's argument, then the script: a direct loader run, and a loader trick
                 // when the program it names is drifted.
-                let argument = binfmt::read_script_argument(&script).ok().flatten();
                 let argv: Vec<Vec<u8>> = [Some(interp), argument, Some(target.path.clone().into())]
                     .into_iter()
                     .flatten()
@@ -311,7 +303,6 @@ impl Chain<'_> {
                 break;
             }
             header = header_of(self.container, &opened, self.pid)?;
-            script = opened.file;
         }
         Ok(Assessment::Target(target))
     }
@@ -453,20 +444,14 @@ pub(crate) async fn classify_opened(
 /// writer; a mapping dirtied before the check could change the program after it without a new
 /// timestamp.
 pub(crate) fn upper_writers(container: &Container, path: &Path) -> Option<bool> {
-    let upper = container.layers.as_ref()?.upperdir.as_ref()?;
+    let upper = container.upper_dir.as_ref()?;
     let relative = path.strip_prefix("/").unwrap_or(path);
     let how = rustix::fs::ResolveFlags::BENEATH
         | rustix::fs::ResolveFlags::NO_SYMLINKS
         | rustix::fs::ResolveFlags::NO_MAGICLINKS
         | rustix::fs::ResolveFlags::NO_XDEV;
-    let dir = rustix::fs::open(
-        upper,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .ok()?;
     let real = rustix::fs::openat2(
-        &dir,
+        upper,
         relative,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW,
         rustix::fs::Mode::empty(),

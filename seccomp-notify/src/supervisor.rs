@@ -400,7 +400,8 @@ impl Shared {
         let result = match assessed {
             Ok(Ok(Assessment::Gone)) => return,
             Ok(Ok(Assessment::Errno(errno))) => sys::send_errno(fd_ref, notif.id, errno),
-            Ok(Ok(Assessment::Target(target))) => {
+            Ok(Ok(Assessment::Target(mut target))) => {
+                let opened = std::mem::take(&mut target.opened);
                 let (facts, decision) = self.strictest(container, &target);
                 let outcome = decision.outcome;
                 // The event (with argv) is read while the caller still waits: after the answer
@@ -411,7 +412,7 @@ impl Shared {
                     Outcome::Deny => sys::send_errno(fd_ref, notif.id, libc::EPERM),
                     Outcome::Allow | Outcome::Alert => {
                         if let Some(gate) = &self.gate {
-                            gate.expect(notif.pid, target.opened.clone());
+                            gate.expect(notif.pid, opened);
                         }
                         sys::send_continue(fd_ref, notif.id)
                     }
