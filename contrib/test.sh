@@ -16,7 +16,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 [ "$(id -u)" = 0 ] || { echo "contrib/test.sh: the integration tests need root" >&2; exit 1; }
 
-step() { printf '\n==> %s (%s)\n' "$*" "$(date +%T)"; }
+step() {
+    printf '\n==> %s (%s, %s free for the build)\n' "$*" "$(date +%T)" \
+        "$(df -h --output=avail "$(dirname "${CARGO_TARGET_DIR:-$ROOT/target}")" 2>/dev/null | tail -1 | tr -d ' ' \
+            || echo '?')"
+}
+# A one-off run gains nothing from incremental state; it only costs disk.
+[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
 
 command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || {
     step "installing gcc and libc6-dev (the test images contain static C programs)"

@@ -69,10 +69,23 @@ pub fn layer() -> Result<&'static Path> {
     if let Some(dir) = LAYER.get() {
         return Ok(dir);
     }
-    let dir = tempfile::Builder::new()
-        .prefix("dg-layer-")
-        .tempdir()?
-        .keep();
+    // One layer per test process, named by its pid; layers of processes that are gone are
+    // removed first, so repeated runs do not fill the temporary directory.
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp)?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("dg-layer-")) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = tmp.join(format!("dg-layer-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir(&dir)?;
     for sub in ["bin", "tmp", "proc", "dev", "sys", "etc", "root", "usr/bin"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
