@@ -22,7 +22,7 @@ step() {
             || echo '?')"
 }
 # A one-off run gains nothing from incremental state; it only costs disk.
-[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || {
     step "installing gcc and libc6-dev (the test images contain static C programs)"
