@@ -73,7 +73,11 @@ pub async fn run(config: Config) -> Result<()> {
         let cancel = cancel.clone();
         async move { supervisor.run(cancel.cancelled_owned()).await }
     });
-    wait_for_socket(&config.supervisor_socket, &served).await?;
+    wait_for_socket(
+        &driftguard_seccomp::alive_path(&config.supervisor_socket),
+        &served,
+    )
+    .await?;
 
     let nri = if config.nri.enabled {
         Some(start_nri(&config, &store, &cancel))

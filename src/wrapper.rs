@@ -19,9 +19,11 @@
 //! runtime configured with `pod_annotations` copies them from the pod), so
 //! `driftguard.dev/monitored`, written by the NRI plugin for information, is never read here.
 //!
-//! When the supervisor socket does not answer, the failure policy of the policy file decides:
-//! `closed` (the default) refuses the container, since runc would fail anyway; `open` starts
-//! it without the filter and writes an alert line to the events file.
+//! When no supervisor runs (its liveness socket, `<supervisorSocket>.alive`, does not answer),
+//! the failure policy of the policy file decides: `closed` (the default) refuses the container;
+//! `open` starts it without the filter and writes an alert line to the events file. The
+//! hand-off socket itself is not a liveness probe: the fd holder keeps it listening while the
+//! supervisor restarts, so that `runc exec` into running containers waits instead of failing.
 //!
 //! Invariants: the real runc always receives the original arguments; `config.json` is replaced
 //! atomically (temporary file in the bundle, then rename), never left half-written.
@@ -164,12 +166,13 @@ fn prepare_bundle(config: &Config, bundle: &Path) -> Result<()> {
         return Ok(());
     }
     let failure = failure_policy(config);
-    if let Err(err) = std::os::unix::net::UnixStream::connect(&config.supervisor_socket) {
+    let alive = driftguard_seccomp::alive_path(&config.supervisor_socket);
+    if let Err(err) = std::os::unix::net::UnixStream::connect(&alive) {
         return unfiltered(
             config,
             &id,
             failure,
-            &format!("supervisor {listener}: {err}"),
+            &format!("no supervisor running ({}: {err})", alive.display()),
         );
     }
     let target = ListenerTarget {

@@ -8,13 +8,24 @@
 //! Protocol, over a `SOCK_SEQPACKET` unix socket (one datagram per message, fds attached):
 //! - `{"op":"put","state":<base64-free raw JSON as a string>}` + one fd → `{"ok":true}`;
 //! - `{"op":"list"}` → one `{"op":"entry","state":...}` + fd per held fd, then
-//!   `{"op":"end","count":N}`.
+//!   `{"op":"end","count":N}`;
+//! - `{"op":"keeplistener","path":P,"dev":D,"ino":I}` + the supervisor's listening hand-off
+//!   socket → `{"op":"ok"}` (replaces any listener kept before);
+//! - `{"op":"takelistener"}` → `{"op":"listener",…}` + a duplicate of the kept listener, or
+//!   `{"op":"end","count":0}` when none is kept.
+//!
+//! Keeping the listening socket is what lets a runtime hand off while no supervisor runs: a
+//! `runc exec` (an exec probe, `kubectl exec`) connects and sends its notify fd into the
+//! socket's backlog instead of failing with "connection refused", and its process waits in the
+//! kernel until the next supervisor accepts the connection. The holder never accepts on it.
 //!
 //! The holder never reads from a notify fd: it polls them for `POLLHUP` only and drops an fd
 //! when no task uses its filter any more. Peers must be root.
 //!
 //! Limits: the holder itself is a single point: if it dies while the supervisor is also down,
-//! the fds are lost. It keeps state only in memory.
+//! the fds are lost, and so are the hand-offs waiting in the kept listener's backlog (the
+//! backlog holds at most `somaxconn` connections; more runtimes get "resource temporarily
+//! unavailable"). It keeps state only in memory.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -43,6 +54,9 @@ enum Message {
     List,
     Entry { state: String },
     End { count: usize },
+    KeepListener { path: String, dev: u64, ino: u64 },
+    TakeListener,
+    Listener { path: String, dev: u64, ino: u64 },
     Ok,
     Error { reason: String },
 }
@@ -138,6 +152,53 @@ struct Held {
     fd: OwnedFd,
 }
 
+/// A listening hand-off socket kept by the holder, with the identity of the socket file it was
+/// bound to (so a supervisor can tell whether the path still names it).
+#[derive(Debug)]
+pub struct KeptListener {
+    /// The path it was bound to.
+    pub path: String,
+    /// `st_dev` of the socket file right after `bind`.
+    pub dev: u64,
+    /// `st_ino` of the socket file right after `bind`.
+    pub ino: u64,
+    /// The listening socket.
+    pub fd: OwnedFd,
+}
+
+/// Gives the holder a duplicate of the listening hand-off socket.
+pub fn keep_listener(path: &Path, listener: &KeptListener) -> io::Result<()> {
+    let socket = connect(path)?;
+    let message = Message::KeepListener {
+        path: listener.path.clone(),
+        dev: listener.dev,
+        ino: listener.ino,
+    };
+    send(&socket, &message, Some(&listener.fd))?;
+    match recv(&socket)? {
+        Some((Message::Ok, _)) => Ok(()),
+        Some((Message::Error { reason }, _)) => Err(io::Error::other(reason)),
+        other => Err(io::Error::other(format!(
+            "unexpected holder reply {other:?}"
+        ))),
+    }
+}
+
+/// A duplicate of the listening hand-off socket the holder keeps, if any.
+pub fn take_listener(path: &Path) -> io::Result<Option<KeptListener>> {
+    let socket = connect(path)?;
+    send(&socket, &Message::TakeListener, None)?;
+    match recv(&socket)? {
+        Some((Message::Listener { path, dev, ino }, Some(fd))) => {
+            Ok(Some(KeptListener { path, dev, ino, fd }))
+        }
+        Some((Message::End { .. }, _)) => Ok(None),
+        other => Err(io::Error::other(format!(
+            "unexpected holder reply {other:?}"
+        ))),
+    }
+}
+
 /// Whether a holder answers on `path` (connects and closes, which the holder ignores).
 pub fn is_running(path: &Path) -> bool {
     connect(path).is_ok()
@@ -148,6 +209,8 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
     let listener = bind_seqpacket(path)?;
     info!(socket = %path.display(), "fd holder listening");
     let mut held: Vec<Held> = Vec::new();
+    // Never polled: pending hand-offs in its backlog are for the next supervisor.
+    let mut kept: Option<KeptListener> = None;
     loop {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(held.len() + 1);
         fds.push(PollFd::new(&listener, PollFlags::IN));
@@ -166,7 +229,7 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
             held.swap_remove(index);
         }
         if accept_ready {
-            if let Err(err) = serve_client(&listener, &mut held) {
+            if let Err(err) = serve_client(&listener, &mut held, &mut kept) {
                 warn!(error = %err, "fd holder client failed");
             }
         }
@@ -194,7 +257,11 @@ fn bind_seqpacket(path: &Path) -> io::Result<OwnedFd> {
     Ok(socket)
 }
 
-fn serve_client(listener: &OwnedFd, held: &mut Vec<Held>) -> io::Result<()> {
+fn serve_client(
+    listener: &OwnedFd,
+    held: &mut Vec<Held>,
+    kept: &mut Option<KeptListener>,
+) -> io::Result<()> {
     let client = rnet::accept_with(listener, SocketFlags::CLOEXEC)?;
     rnet::sockopt::set_socket_timeout(&client, rnet::sockopt::Timeout::Recv, Some(CLIENT_TIMEOUT))?;
     let cred = rnet::sockopt::socket_peercred(&client)?;
@@ -223,6 +290,22 @@ fn serve_client(listener: &OwnedFd, held: &mut Vec<Held>) -> io::Result<()> {
             }
             send(&client, &Message::End { count: held.len() }, None)
         }
+        Some((Message::KeepListener { path, dev, ino }, Some(fd))) => {
+            info!(socket = %path, "fd holder keeps the hand-off listener");
+            *kept = Some(KeptListener { path, dev, ino, fd });
+            send(&client, &Message::Ok, None)
+        }
+        Some((Message::TakeListener, _)) => match kept {
+            Some(listener) => {
+                let message = Message::Listener {
+                    path: listener.path.clone(),
+                    dev: listener.dev,
+                    ino: listener.ino,
+                };
+                send(&client, &message, Some(&listener.fd))
+            }
+            None => send(&client, &Message::End { count: 0 }, None),
+        },
         // A client that connects and closes (a liveness probe) gets nothing.
         None => Ok(()),
         other => {
@@ -265,5 +348,22 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(empty, "the holder drops an fd that hung up");
+
+        assert!(take_listener(&path).expect("take").is_none());
+        let (read, _write) = rustix::pipe::pipe().expect("pipe");
+        let listener = KeptListener {
+            path: "/run/x.sock".into(),
+            dev: 7,
+            ino: 9,
+            fd: read,
+        };
+        keep_listener(&path, &listener).expect("keep");
+        let back = take_listener(&path).expect("take").expect("kept");
+        assert_eq!(
+            (back.path.as_str(), back.dev, back.ino),
+            ("/run/x.sock", 7, 9)
+        );
+        // Taking it leaves the holder's copy in place for the next supervisor.
+        assert!(take_listener(&path).expect("take again").is_some());
     }
 }

@@ -35,4 +35,4 @@ pub mod sys;
 pub mod target;
 
 pub use decide::{Decider, Decision, EventSink, ExecEvent, ExecFacts, ImageSource};
-pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError};
+pub use supervisor::{alive_path, Supervisor, SupervisorConfig, SupervisorError};

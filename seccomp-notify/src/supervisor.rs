@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -154,7 +154,12 @@ impl Supervisor {
     }
 
     /// Serves until `shutdown` completes: takes back the holder's fds, then accepts hand-offs.
-    /// The socket file is removed on the way out.
+    ///
+    /// The listening hand-off socket is shared with the fd holder: a supervisor takes the
+    /// holder's copy when its path still names it (so hand-offs that arrived while no supervisor
+    /// ran are served now), else binds a new one and gives the holder a copy. On the way out
+    /// the socket file stays when the holder keeps the listener, so runtimes can go on handing
+    /// off; the [`alive_path`] socket, which only a serving supervisor listens on, is removed.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -163,11 +168,14 @@ impl Supervisor {
         let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)
             .map_err(|err| SupervisorError::Kernel(err.into()))?;
         let _ = self.shared.stop.set(stop);
-        let listener = bind(&self.shared.config.socket_path)?;
+        let (listener, kept) = self.shared.hand_off_listener().await?;
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
             self.shared.clone().recover(holder_socket).await;
         }
-        info!(socket = %self.shared.config.socket_path.display(), "supervisor listening");
+        let alive_socket = alive_path(&self.shared.config.socket_path);
+        let alive = bind(&alive_socket)?;
+        info!(socket = %self.shared.config.socket_path.display(), kept_by_holder = kept,
+              "supervisor listening");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -179,9 +187,14 @@ impl Supervisor {
                     }
                     Err(err) => warn!(error = %err, "accepting a hand-off failed"),
                 },
+                // A liveness probe: accepted and closed.
+                _ = alive.accept() => {}
             }
         }
-        let _ = std::fs::remove_file(&self.shared.config.socket_path);
+        let _ = std::fs::remove_file(&alive_socket);
+        if !kept {
+            let _ = std::fs::remove_file(&self.shared.config.socket_path);
+        }
         // Never read: the eventfd stays readable and ends every serving thread.
         if let Some(stop) = self.shared.stop.get() {
             let _ = rustix::io::write(stop, &1u64.to_ne_bytes());
@@ -189,6 +202,35 @@ impl Supervisor {
         info!("supervisor stopped");
         Ok(())
     }
+}
+
+/// The socket only a serving supervisor listens on: `<socket_path>.alive`. A runtime wrapper
+/// probes it to tell a running supervisor from a hand-off socket kept by the fd holder alone.
+pub fn alive_path(socket_path: &Path) -> PathBuf {
+    let mut name = socket_path.as_os_str().to_owned();
+    name.push(".alive");
+    PathBuf::from(name)
+}
+
+/// Takes over the holder's listener when `path` still names the socket it was bound to.
+fn reuse_listener(path: &Path, kept: holder::KeptListener) -> Result<UnixListener, String> {
+    if Path::new(&kept.path) != path {
+        return Err(format!("it was bound to {}", kept.path));
+    }
+    let meta =
+        std::fs::symlink_metadata(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    if !meta.file_type().is_socket() || (meta.dev(), meta.ino()) != (kept.dev, kept.ino) {
+        return Err(format!("{} names another file now", path.display()));
+    }
+    match rustix::net::sockopt::socket_acceptconn(&kept.fd) {
+        Ok(true) => {}
+        _ => return Err("it is not a listening socket".into()),
+    }
+    let listener = std::os::unix::net::UnixListener::from(kept.fd);
+    listener
+        .set_nonblocking(true)
+        .map_err(|err| err.to_string())?;
+    UnixListener::from_std(listener).map_err(|err| err.to_string())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, SupervisorError> {
@@ -210,6 +252,56 @@ fn bind(path: &Path) -> Result<UnixListener, SupervisorError> {
 }
 
 impl Shared {
+    /// The hand-off listener and whether the fd holder keeps a copy of it.
+    async fn hand_off_listener(&self) -> Result<(UnixListener, bool), SupervisorError> {
+        let path = self.config.socket_path.clone();
+        let Some(holder_socket) = self.config.holder_socket.clone() else {
+            return Ok((bind(&path)?, false));
+        };
+        let asked = holder_socket.clone();
+        match tokio::task::spawn_blocking(move || holder::take_listener(&asked)).await {
+            Ok(Ok(Some(kept))) => match reuse_listener(&path, kept) {
+                Ok(listener) => {
+                    info!(socket = %path.display(), "hand-off listener taken back from the fd holder");
+                    return Ok((listener, true));
+                }
+                Err(reason) => info!(socket = %path.display(), %reason,
+                                     "not reusing the fd holder's hand-off listener"),
+            },
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => warn!(error = %err,
+                                  "fd holder unavailable; runtimes cannot hand off while no supervisor runs"),
+            Err(err) => warn!(error = %err, "fd holder query failed"),
+        }
+        let listener = bind(&path)?;
+        let kept = match (
+            std::fs::symlink_metadata(&path),
+            listener.as_fd().try_clone_to_owned(),
+        ) {
+            (Ok(meta), Ok(fd)) => {
+                let kept = holder::KeptListener {
+                    path: path.display().to_string(),
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    fd,
+                };
+                tokio::task::spawn_blocking(move || holder::keep_listener(&holder_socket, &kept))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+            }
+            (Err(err), _) | (_, Err(err)) => Err(err),
+        };
+        match kept {
+            Ok(()) => Ok((listener, true)),
+            Err(err) => {
+                warn!(error = %err,
+                      "fd holder did not keep the hand-off listener; runtimes cannot hand off while no supervisor runs");
+                Ok((listener, false))
+            }
+        }
+    }
+
     async fn accept(self: Arc<Self>, stream: tokio::net::UnixStream) {
         let handoff = match handoff::receive(&stream).await {
             Ok(handoff) => handoff,

@@ -1,9 +1,14 @@
-//! Privileged test: the supervisor is killed with SIGKILL while a container loops on execs of
-//! an image binary, and restarted; the fd holder keeps the notify fd, so no exec fails (none
-//! with ENOSYS) and drift is still denied afterwards.
+//! Privileged tests of supervisor restarts with the fd holder:
+//! - the supervisor is killed with SIGKILL while a container loops on execs of an image binary,
+//!   and restarted; the holder keeps the notify fd, so no exec fails (none with ENOSYS) and
+//!   drift is still denied afterwards;
+//! - `runc exec` into a running container while no supervisor runs (stopped with SIGTERM, as in
+//!   an upgrade) waits for the next supervisor instead of failing, because the holder keeps the
+//!   hand-off listener.
 //!
 //! The supervisor runs as a separate process: this test binary re-executed with
-//! `DG_CHILD_SUPERVISOR` set runs only [`child_supervisor`], which serves until killed.
+//! `DG_CHILD_SUPERVISOR` set runs only [`child_supervisor`], which serves until SIGTERM or
+//! SIGKILL.
 
 mod support;
 
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use driftguard_image_index::IndexCache;
 use driftguard_policy::{Policy, PolicyStore};
-use driftguard_seccomp::{Supervisor, SupervisorConfig};
+use driftguard_seccomp::{alive_path, Supervisor, SupervisorConfig};
 use support::{blocking, text, Bundle};
 
 const CHILD_ENV: &str = "DG_CHILD_SUPERVISOR";
@@ -40,8 +45,12 @@ fn child_supervisor() {
             Arc::new(IndexCache::new(dir.join("index"))),
             Arc::new(tx),
         );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         supervisor
-            .run(std::future::pending())
+            .run(async move {
+                term.recv().await;
+            })
             .await
             .expect("supervisor");
     });
@@ -61,14 +70,27 @@ fn spawn_supervisor(dir: &std::path::Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn supervisor");
-    let socket = dir.join("run/supervisor.sock");
+    // Serving once the liveness socket exists (the hand-off socket may be the holder's).
+    let alive = alive_path(&dir.join("run/supervisor.sock"));
     for _ in 0..500 {
-        if socket.exists() {
+        if alive.exists() {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     child
+}
+
+async fn start_holder(dir: &std::path::Path) {
+    let holder_socket = dir.join("holder/holder.sock");
+    let hs = holder_socket.clone();
+    std::thread::spawn(move || driftguard_seccomp::holder::run_holder(&hs));
+    for _ in 0..200 {
+        if holder_socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 const LOOP_SCRIPT: &str = r#"
@@ -85,15 +107,7 @@ async fn kill_9_and_restart_loses_no_exec() {
         .prefix("dg-restart-")
         .tempdir()
         .expect("tempdir");
-    let holder_socket = dir.path().join("holder/holder.sock");
-    let hs = holder_socket.clone();
-    std::thread::spawn(move || driftguard_seccomp::holder::run_holder(&hs));
-    for _ in 0..200 {
-        if holder_socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    start_holder(dir.path()).await;
     let mut first = spawn_supervisor(dir.path());
     let socket = dir.path().join("run/supervisor.sock");
     let bundle = Bundle::new(&runc, &socket, &["/bin/sh", "-c", LOOP_SCRIPT]).expect("bundle");
@@ -138,4 +152,60 @@ async fn kill_9_and_restart_loses_no_exec() {
         output.lines().any(|l| l.trim() == "drift-rc=126"),
         "drift not denied after restart:\n{output}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_exec_while_no_supervisor_runs_waits_for_the_next_one() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let dir = tempfile::Builder::new()
+        .prefix("dg-restart-")
+        .tempdir()
+        .expect("tempdir");
+    start_holder(dir.path()).await;
+    let mut first = spawn_supervisor(dir.path());
+    let socket = dir.path().join("run/supervisor.sock");
+    let bundle = Bundle::new(&runc, &socket, &["/bin/sleep", "120"]).expect("bundle");
+    let bundle = blocking(move || bundle.start_detached().map(|()| bundle))
+        .await
+        .expect("container started");
+
+    // An upgrade: the supervisor stops cleanly and the next one is not there yet.
+    let pid = rustix::process::Pid::from_raw(first.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    first.wait().expect("reap");
+    assert!(
+        socket.exists(),
+        "the hand-off socket must stay while the holder keeps it"
+    );
+    assert!(!alive_path(&socket).exists(), "the liveness socket must go");
+
+    let script = "/bin/true; echo img-rc=$?; cp /bin/busybox /root/x; echo x >> /root/x; \
+                  chmod 755 /root/x; /root/x true; echo drift-rc=$?";
+    let exec = tokio::task::spawn_blocking(move || {
+        let out = bundle.exec(&["/bin/sh", "-c", script]);
+        drop(bundle);
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !exec.is_finished(),
+        "runc exec ended while no supervisor ran: {:?}",
+        exec.await.map(|out| out.map(|out| text(&out)))
+    );
+    let mut second = blocking({
+        let dir = dir.path().to_path_buf();
+        move || spawn_supervisor(&dir)
+    })
+    .await;
+    let out = tokio::time::timeout(Duration::from_secs(60), exec)
+        .await
+        .expect("runc exec finished after the restart")
+        .expect("join")
+        .expect("runc exec");
+    second.kill().expect("kill second supervisor");
+    let _ = second.wait();
+    let output = text(&out);
+    assert!(out.status.success(), "runc exec failed:\n{output}");
+    support::expect_line(&output, "img-rc=0");
+    support::expect_line(&output, "drift-rc=126");
 }

@@ -66,6 +66,14 @@ fn busybox() -> Result<PathBuf> {
 /// The busybox image layer, built once per test process.
 pub fn layer() -> Result<&'static Path> {
     static LAYER: OnceLock<PathBuf> = OnceLock::new();
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(dir) = LAYER.get() {
+        return Ok(dir);
+    }
+    // Tests of one process ask for the layer at the same time: one builds it, the others wait.
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(dir) = LAYER.get() {
         return Ok(dir);
     }
