@@ -486,8 +486,25 @@ fn scenario_14_exec_sync_is_silent_and_daemon_restart_loses_no_exec() -> Result<
 
     let before = loop_count(&ctr)?;
     node.kill_daemon()?;
+    // An exec into the container while no daemon runs (a probe, `kubectl exec`) waits for the
+    // next daemon instead of failing: the fd holder keeps the hand-off socket listening.
+    let waiting = {
+        let cri = node.runtime.cri()?;
+        let id = ctr.id().to_string();
+        std::thread::spawn(move || {
+            let cmd = ["/bin/cat", "/etc/scenario-release"];
+            cri.exec_sync(&id, &cmd, Duration::from_secs(60))
+        })
+    };
     std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !waiting.is_finished(),
+        "an exec started while the daemon was down ended before the restart: {:?}",
+        waiting.join()
+    );
     node.start_daemon()?;
+    let res = waiting.join().expect("exec thread")?;
+    assert_eq!(res.exit_code, 0, "exec across the restart: {res:?}");
     let restarted = loop_count(&ctr)?;
     std::thread::sleep(Duration::from_secs(1));
     let after = loop_count(&ctr)?;
