@@ -87,6 +87,10 @@ pub struct AlertsSection {
     pub stdout: bool,
     /// JSON lines appended to this file; empty disables.
     pub file: PathBuf,
+    /// Rotate the file before it grows past this many MiB; 0 never rotates.
+    pub file_max_mib: u64,
+    /// Rotated files kept (`events.jsonl.1` … `.N`).
+    pub file_keep: u32,
     /// falcosidekick URL (`http://host:port/`); empty disables.
     pub falcosidekick_url: String,
 }
@@ -138,6 +142,8 @@ impl Default for AlertsSection {
         AlertsSection {
             stdout: true,
             file: "/var/lib/driftguard/events.jsonl".into(),
+            file_max_mib: driftguard_policy::alerts::DEFAULT_FILE_MAX_BYTES >> 20,
+            file_keep: driftguard_policy::alerts::DEFAULT_FILE_KEEP,
             falcosidekick_url: String::new(),
         }
     }

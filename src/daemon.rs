@@ -122,6 +122,8 @@ fn alerts_config(config: &Config, node: &str) -> AlertsConfig {
         file: (!file.as_os_str().is_empty()).then(|| file.clone()),
         http: (!url.is_empty()).then(|| HttpSinkConfig::new(url)),
         hostname: node.to_string(),
+        file_max_bytes: config.alerts.file_max_mib.saturating_mul(1 << 20),
+        file_keep: config.alerts.file_keep,
         ..AlertsConfig::default()
     }
 }

@@ -9,10 +9,18 @@
 //! a bounded number of times with exponential backoff, and gives up on a 4xx answer other than
 //! 408 and 429.
 //!
+//! The file sink rotates by size: before a line would take the file past
+//! [`AlertsConfig::file_max_bytes`], `events.jsonl` becomes `events.jsonl.1` (`.1` becomes `.2`,
+//! and so on; the oldest beyond [`AlertsConfig::file_keep`] is removed) and a new file is
+//! started, so a flood of alerts cannot fill the node's disk. A rotation that fails (read-only
+//! directory, say) is logged and the sink keeps appending to the file it has.
+//!
 //! Limits: the HTTP sink speaks plain `http://` (falcosidekick in the same cluster); TLS is not
-//! supported. The file sink appends and does not rotate; rotate with a copy-truncate tool.
+//! supported. Size is counted by this process: lines other writers append (the runc wrapper's
+//! "started unfiltered" records) are seen only when a rotation is due, since the file's real
+//! size is read then.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +53,16 @@ pub struct AlertsConfig {
     pub hostname: String,
     /// Queue length of the stdout and file sinks.
     pub queue_capacity: usize,
+    /// Rotate the file before it grows past this many bytes; 0 never rotates.
+    pub file_max_bytes: u64,
+    /// Rotated files kept (`file.1` … `file.N`); 0 keeps none (the file starts over).
+    pub file_keep: u32,
 }
+
+/// Default size at which the events file is rotated: 64 MiB.
+pub const DEFAULT_FILE_MAX_BYTES: u64 = 64 << 20;
+/// Default number of rotated events files kept.
+pub const DEFAULT_FILE_KEEP: u32 = 3;
 
 impl Default for AlertsConfig {
     fn default() -> Self {
@@ -55,6 +72,8 @@ impl Default for AlertsConfig {
             http: None,
             hostname: String::new(),
             queue_capacity: 4096,
+            file_max_bytes: DEFAULT_FILE_MAX_BYTES,
+            file_keep: DEFAULT_FILE_KEEP,
         }
     }
 }
@@ -165,13 +184,8 @@ impl Alerts {
             handles.push(h);
         }
         if let Some(path) = &config.file {
-            let file = open_append(path).await?;
-            let (q, h) = spawn_sink(
-                "file",
-                config.queue_capacity,
-                JsonLines::new(file),
-                ctx.clone(),
-            );
+            let sink = RotatingFile::open(path, config.file_max_bytes, config.file_keep).await?;
+            let (q, h) = spawn_sink("file", config.queue_capacity, sink, ctx.clone());
             sinks.push(q);
             handles.push(h);
         }
@@ -213,9 +227,9 @@ impl Alerts {
     }
 }
 
-async fn open_append(path: &PathBuf) -> Result<tokio::fs::File, AlertError> {
+async fn open_append(path: &Path) -> Result<tokio::fs::File, AlertError> {
     let err = |source| AlertError::File {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -332,9 +346,24 @@ impl<W: AsyncWrite + Unpin + Send + 'static> JsonLines<W> {
     async fn line(&mut self, value: &impl serde::Serialize) -> Result<(), String> {
         let mut buf = serde_json::to_vec(value).map_err(|e| e.to_string())?;
         buf.push(b'\n');
-        self.out.write_all(&buf).await.map_err(|e| e.to_string())?;
+        self.write(&buf).await
+    }
+
+    async fn write(&mut self, buf: &[u8]) -> Result<(), String> {
+        self.out.write_all(buf).await.map_err(|e| e.to_string())?;
         self.out.flush().await.map_err(|e| e.to_string())
     }
+}
+
+/// The record a JSON lines sink writes for alerts dropped by a full queue.
+fn suppressed_notice(count: u64, ctx: &SinkContext) -> serde_json::Value {
+    json!({
+        "time": now_rfc3339(),
+        "severity": "low",
+        "suppressed": count,
+        "node": ctx.hostname,
+        "message": format!("{count} alerts suppressed"),
+    })
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Sink for JsonLines<W> {
@@ -343,14 +372,103 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for JsonLines<W> {
     }
 
     async fn report_suppressed(&mut self, count: u64, ctx: &SinkContext) -> Result<(), String> {
-        let notice = json!({
-            "time": now_rfc3339(),
-            "severity": "low",
-            "suppressed": count,
-            "node": ctx.hostname,
-            "message": format!("{count} alerts suppressed"),
-        });
-        self.line(&notice).await
+        self.line(&suppressed_notice(count, ctx)).await
+    }
+}
+
+/// JSON lines appended to a file that is rotated by size (see the module documentation).
+struct RotatingFile {
+    path: PathBuf,
+    lines: JsonLines<tokio::fs::File>,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    async fn open(path: &Path, max_bytes: u64, keep: u32) -> Result<RotatingFile, AlertError> {
+        let path = path.to_path_buf();
+        let file = open_append(&path).await?;
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        Ok(RotatingFile {
+            path,
+            lines: JsonLines::new(file),
+            size,
+            max_bytes,
+            keep,
+        })
+    }
+
+    fn numbered(&self, n: u32) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Rotates when `len` more bytes would pass the limit; errors are logged, never fatal.
+    async fn make_room(&mut self, len: u64) {
+        if self.max_bytes == 0 || self.size + len <= self.max_bytes {
+            return;
+        }
+        // Other writers (or a copy-truncate tool) may have changed the file: use its real size.
+        if let Ok(meta) = self.lines.out.metadata().await {
+            self.size = meta.len();
+        }
+        if self.size == 0 || self.size + len <= self.max_bytes {
+            return;
+        }
+        match self.rotate().await {
+            Ok(file) => {
+                tracing::info!(file = %self.path.display(), bytes = self.size, "events file rotated");
+                self.lines = JsonLines::new(file);
+                self.size = 0;
+            }
+            Err(error) => {
+                tracing::warn!(file = %self.path.display(), %error,
+                               "events file not rotated; appending to it");
+                self.size = 0;
+            }
+        }
+    }
+
+    async fn rotate(&self) -> Result<tokio::fs::File, AlertError> {
+        let err = |source| AlertError::File {
+            path: self.path.clone(),
+            source,
+        };
+        if self.keep == 0 {
+            tokio::fs::remove_file(&self.path).await.map_err(err)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                match tokio::fs::rename(self.numbered(n), self.numbered(n + 1)).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+                    _ => {}
+                }
+            }
+            tokio::fs::rename(&self.path, self.numbered(1))
+                .await
+                .map_err(err)?;
+        }
+        open_append(&self.path).await
+    }
+
+    async fn line(&mut self, value: &impl serde::Serialize) -> Result<(), String> {
+        let mut buf = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        buf.push(b'\n');
+        self.make_room(buf.len() as u64).await;
+        self.lines.write(&buf).await?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+}
+
+impl Sink for RotatingFile {
+    async fn deliver(&mut self, event: &DriftEvent, _ctx: &SinkContext) -> Result<(), String> {
+        self.line(event).await
+    }
+
+    async fn report_suppressed(&mut self, count: u64, ctx: &SinkContext) -> Result<(), String> {
+        self.line(&suppressed_notice(count, ctx)).await
     }
 }
 

@@ -299,3 +299,47 @@ async fn metrics_endpoint_serves_prometheus_text() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn file_sink_rotates_by_size_and_keeps_the_newest_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.jsonl");
+    // A file left by an earlier run counts towards the first rotation.
+    std::fs::write(&path, "{\"old\":true}\n").expect("earlier file");
+    let line_len = serde_json::to_vec(&event(1)).expect("json").len() as u64 + 1;
+    let config = AlertsConfig {
+        file: Some(path.clone()),
+        file_max_bytes: 3 * line_len,
+        file_keep: 2,
+        ..AlertsConfig::default()
+    };
+    let (alerts, tasks) = Alerts::start(config, None).await.expect("start");
+    for pid in 1..=10 {
+        // One at a time: a full queue would suppress events and change the line count.
+        assert!(alerts.send(event(pid)));
+        tokio::task::yield_now().await;
+    }
+    drop(alerts);
+    tasks.join().await;
+    let pids = |p: &std::path::Path| -> Vec<u64> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("json")["pid"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let numbered = |n: u32| dir.path().join(format!("events.jsonl.{n}"));
+    // old + 1 + 2 | 3 4 5 | 6 7 8 | 9 10: with two rotated files kept, the first is gone.
+    assert_eq!(pids(&path), vec![9, 10]);
+    assert_eq!(pids(&numbered(1)), vec![6, 7, 8]);
+    assert_eq!(pids(&numbered(2)), vec![3, 4, 5]);
+    assert!(!numbered(3).exists(), "only two rotated files are kept");
+    for file in [path.clone(), numbered(1), numbered(2)] {
+        let size = std::fs::metadata(&file).expect("size").len();
+        assert!(size <= 3 * line_len, "{} has {size} bytes", file.display());
+    }
+}
