@@ -18,6 +18,11 @@
 //! when a copy of it runs from elsewhere (an `ET_DYN` ELF without `PT_INTERP` whose content is
 //! in the image).
 //!
+//! The caller's memory (the path, argv) is read at most once per notification, through a
+//! [`CallerMemory`]: a decision and its event see the same bytes, and the supervisor reads
+//! everything on the fd's serving thread before a decision moves to the runtime, so a caller
+//! whose memory blocks a read (a `userfaultfd` or FUSE mapping) stalls only its own fd.
+//!
 //! Limits: `CONTINUE` is advisory (seccomp_unotify(2)): a racing thread can rewrite the path
 //! after the check. Denials are race-free; [`crate::gate`] re-checks the file an allowed exec
 //! really opens.
@@ -25,7 +30,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use driftguard_policy::VerdictClass;
 
@@ -108,11 +113,72 @@ const LOOKUP_ERRNOS: [i32; 6] = [
     libc::EBADF,
 ];
 
+/// What is read from the caller's memory for one notification, each part at most once.
+///
+/// Reads of another process's memory can block for as long as that process wants (a page
+/// behind `userfaultfd` or a FUSE mapping). [`CallerMemory::read_all`] is called on the
+/// serving thread of the notify fd before a decision continues on the runtime, so no runtime
+/// worker ever reads a caller's memory.
+#[derive(Debug)]
+pub struct CallerMemory {
+    notif: Notification,
+    path: OnceLock<Vec<u8>>,
+    argv: OnceLock<Vec<Vec<u8>>>,
+}
+
+impl CallerMemory {
+    /// Nothing read yet.
+    pub fn new(notif: Notification) -> CallerMemory {
+        CallerMemory {
+            notif,
+            path: OnceLock::new(),
+            argv: OnceLock::new(),
+        }
+    }
+
+    /// The requested path as the decision read it (empty when unreadable).
+    pub fn path(&self) -> &[u8] {
+        self.path.get_or_init(|| {
+            let addr = match target::decode(&self.notif.data) {
+                Some((ExecCall::Execve { path, .. }, _))
+                | Some((ExecCall::Execveat { path, .. }, _)) => path,
+                None => return Vec::new(),
+            };
+            target::read_cstring(self.notif.pid, addr, PATH_MAX).unwrap_or_default()
+        })
+    }
+
+    /// argv (bounded, best effort: the caller may be gone).
+    pub fn argv(&self) -> &[Vec<u8>] {
+        self.argv.get_or_init(|| {
+            let Some((call, abi)) = target::decode(&self.notif.data) else {
+                return Vec::new();
+            };
+            let addr = match call {
+                ExecCall::Execve { argv, .. } | ExecCall::Execveat { argv, .. } => argv,
+            };
+            target::read_argv(self.notif.pid, addr, abi)
+        })
+    }
+
+    /// The notification.
+    pub fn notification(&self) -> &Notification {
+        &self.notif
+    }
+
+    /// Reads whatever is not read yet.
+    pub fn read_all(&self) {
+        self.path();
+        self.argv();
+    }
+}
+
 /// Assesses one notification.
 pub async fn assess(
     container: &Arc<Container>,
     notify_fd: BorrowedFd<'_>,
     notif: &Notification,
+    memory: &CallerMemory,
 ) -> Result<Assessment, AssessError> {
     let pid = notif.pid;
     let Some((call, abi)) = target::decode(&notif.data) else {
@@ -125,7 +191,7 @@ pub async fn assess(
         // The seccomp filter runs before the kernel looks the syscall up: it would fail so.
         return Ok(Assessment::Errno(libc::ENOSYS));
     }
-    let (lookup, argv_addr) = match read_lookup(pid, call) {
+    let lookup = match read_lookup(pid, call, memory) {
         Ok(found) => found,
         Err(err) if sys::id_valid(notify_fd, notif.id) => {
             return Ok(Assessment::Errno(err.errno()))
@@ -166,8 +232,8 @@ pub async fn assess(
         opened: vec![FileKey::of(&opened.stat)],
     };
     if runs_loader_trick(&target, &header) {
-        let argv = target::read_argv(pid, argv_addr, abi);
-        if let Some(mut program) = loader_program_target(container, &caller, pid, &argv).await? {
+        let argv = memory.argv();
+        if let Some(mut program) = loader_program_target(container, &caller, pid, argv).await? {
             // The kernel opens the loader for exec; the loader opens its program itself.
             program.opened = std::mem::take(&mut target.opened);
             if !is_clean(target.verdict.class) {
@@ -334,22 +400,18 @@ fn lookup_failure(err: std::io::Error, pid: u32) -> Result<Assessment, AssessErr
     }
 }
 
-fn read_lookup(pid: u32, call: ExecCall) -> Result<(Lookup, u64), target::ReadError> {
-    match call {
-        ExecCall::Execve { path, argv } => Ok((
-            Lookup::execve(target::read_cstring(pid, path, PATH_MAX)?),
-            argv,
-        )),
-        ExecCall::Execveat {
-            dirfd,
-            path,
-            argv,
-            flags,
-        } => {
-            let path = target::read_cstring(pid, path, PATH_MAX)?;
-            Ok((Lookup::execveat(dirfd, path, flags), argv))
-        }
-    }
+fn read_lookup(
+    pid: u32,
+    call: ExecCall,
+    memory: &CallerMemory,
+) -> Result<Lookup, target::ReadError> {
+    let (ExecCall::Execve { path, .. } | ExecCall::Execveat { path, .. }) = call;
+    let path = target::read_cstring(pid, path, PATH_MAX)?;
+    let _ = memory.path.set(path.clone());
+    Ok(match call {
+        ExecCall::Execve { .. } => Lookup::execve(path),
+        ExecCall::Execveat { dirfd, flags, .. } => Lookup::execveat(dirfd, path, flags),
+    })
 }
 
 /// Classifies an opened regular file; returns its container path and verdict.
@@ -539,29 +601,12 @@ async fn loader_program_target(
     }))
 }
 
-/// Reads argv for an event (best effort; the caller may be gone).
-pub fn event_argv(notif: &Notification) -> Vec<String> {
-    let Some((call, abi)) = target::decode(&notif.data) else {
-        return Vec::new();
-    };
-    let addr = match call {
-        ExecCall::Execve { argv, .. } | ExecCall::Execveat { argv, .. } => argv,
-    };
-    target::read_argv(notif.pid, addr, abi)
-        .into_iter()
-        .map(|arg| target::shown(&arg))
-        .collect()
+/// argv for an event, shown.
+pub fn event_argv(memory: &CallerMemory) -> Vec<String> {
+    memory.argv().iter().map(|arg| target::shown(arg)).collect()
 }
 
-/// The requested path, for events about execs that could not be resolved.
-pub fn requested_path(notif: &Notification) -> String {
-    let addr = match target::decode(&notif.data) {
-        Some((ExecCall::Execve { path, .. }, _)) | Some((ExecCall::Execveat { path, .. }, _)) => {
-            path
-        }
-        None => return String::new(),
-    };
-    target::read_cstring(notif.pid, addr, PATH_MAX)
-        .map(|p| target::shown(&p))
-        .unwrap_or_default()
+/// The requested path, shown, for events about execs that could not be resolved.
+pub fn requested_path(memory: &CallerMemory) -> String {
+    target::shown(memory.path())
 }

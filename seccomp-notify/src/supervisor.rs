@@ -44,7 +44,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::container::Container;
 use crate::decide::{Decider, EventSink, ExecEvent, ExecFacts, ImageSource};
-use crate::exec::{self, Assessment};
+use crate::exec::{self, Assessment, CallerMemory};
 use crate::handoff::{self, ProcessState};
 use crate::holder;
 use crate::stats::DecisionStats;
@@ -464,12 +464,16 @@ impl Shared {
         notif: Notification,
     ) {
         let started = Instant::now();
-        let mut pending = assess_owned(container.clone(), fd.clone(), notif);
+        let memory = Arc::new(CallerMemory::new(notif));
+        let mut pending = assess_owned(container.clone(), fd.clone(), memory.clone());
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         if let Poll::Ready(assessed) = pending.as_mut().poll(&mut cx) {
-            self.finish(container, fd.as_fd(), &notif, Ok(assessed), started);
+            self.finish(container, fd.as_fd(), &memory, Ok(assessed), started);
             return;
         }
+        // The caller's memory is read here, on this fd's thread, never by a runtime worker: a
+        // read that blocks (userfaultfd, FUSE) must not stall other containers' decisions.
+        memory.read_all();
         let (shared, container, fd) = (self.clone(), container.clone(), fd.clone());
         let timeout = self.config.decision_timeout;
         let deadline = tokio::time::Instant::from_std(started + timeout);
@@ -477,7 +481,7 @@ impl Shared {
             let assessed = tokio::time::timeout_at(deadline, pending)
                 .await
                 .map_err(|_| format!("decision timed out after {timeout:?}"));
-            shared.finish(&container, fd.as_fd(), &notif, assessed, started);
+            shared.finish(&container, fd.as_fd(), &memory, assessed, started);
         });
     }
 
@@ -485,10 +489,11 @@ impl Shared {
         &self,
         container: &Arc<Container>,
         fd_ref: std::os::fd::BorrowedFd<'_>,
-        notif: &Notification,
+        memory: &CallerMemory,
         assessed: Result<Result<Assessment, exec::AssessError>, String>,
         started: Instant,
     ) {
+        let notif = memory.notification();
         let result = match assessed {
             Ok(Ok(Assessment::Gone)) => return,
             Ok(Ok(Assessment::Errno(errno))) => sys::send_errno(fd_ref, notif.id, errno),
@@ -499,7 +504,7 @@ impl Shared {
                 // The event (with argv) is read while the caller still waits: after the answer
                 // its memory may already belong to the program it executed.
                 let event = (outcome != Outcome::Allow)
-                    .then(|| self.event(container, notif, &facts, Some(decision), None));
+                    .then(|| self.event(container, memory, &facts, Some(decision), None));
                 let sent = match outcome {
                     Outcome::Deny => sys::send_errno(fd_ref, notif.id, libc::EPERM),
                     Outcome::Allow | Outcome::Alert => {
@@ -515,8 +520,8 @@ impl Shared {
                 }
                 sent
             }
-            Ok(Err(err)) => self.fail(container, fd_ref, notif, err.to_string()),
-            Err(reason) => self.fail(container, fd_ref, notif, reason),
+            Ok(Err(err)) => self.fail(container, fd_ref, memory, err.to_string()),
+            Err(reason) => self.fail(container, fd_ref, memory, reason),
         };
         if let Err(err) = result {
             // ENOENT: the caller was interrupted or died; the kernel re-sends if it restarts.
@@ -563,11 +568,12 @@ impl Shared {
         &self,
         container: &Arc<Container>,
         fd: std::os::fd::BorrowedFd<'_>,
-        notif: &Notification,
+        memory: &CallerMemory,
         reason: String,
     ) -> std::io::Result<()> {
+        let notif = memory.notification();
         let policy = self.decider.failure_policy();
-        let path = exec::requested_path(notif);
+        let path = exec::requested_path(memory);
         warn!(container_id = %container.id, pid = notif.pid, path = %path, reason = %reason,
               failure_policy = ?policy, "exec decided by the failure policy");
         let outcome = match policy {
@@ -580,7 +586,7 @@ impl Shared {
             hash: None,
             on_volume: false,
         };
-        let mut event = self.event(container, notif, &facts, None, Some(reason));
+        let mut event = self.event(container, memory, &facts, None, Some(reason));
         event.class = None;
         event.outcome = outcome;
         let sent = match outcome {
@@ -594,13 +600,14 @@ impl Shared {
     fn event(
         &self,
         container: &Arc<Container>,
-        notif: &Notification,
+        memory: &CallerMemory,
         facts: &ExecFacts<'_>,
         decision: Option<crate::decide::Decision>,
         error: Option<String>,
     ) -> ExecEvent {
+        let notif = memory.notification();
         ExecEvent {
-            argv: exec::event_argv(notif),
+            argv: exec::event_argv(memory),
             class: Some(facts.class),
             hash: facts.hash.map(hex::encode),
             rule: decision
@@ -623,8 +630,15 @@ type Assessing = Pin<Box<dyn Future<Output = Result<Assessment, exec::AssessErro
 
 /// The assessment of one notification as a future that owns what it needs, so that a decision
 /// started on a serving thread can finish on the runtime.
-fn assess_owned(container: Arc<Container>, fd: Arc<OwnedFd>, notif: Notification) -> Assessing {
-    Box::pin(async move { exec::assess(&container, fd.as_fd(), &notif).await })
+fn assess_owned(
+    container: Arc<Container>,
+    fd: Arc<OwnedFd>,
+    memory: Arc<CallerMemory>,
+) -> Assessing {
+    Box::pin(async move {
+        let notif = *memory.notification();
+        exec::assess(&container, fd.as_fd(), &notif, &memory).await
+    })
 }
 
 /// The parent of `pid` (host pid namespace) and its executable, read from procfs and shown as

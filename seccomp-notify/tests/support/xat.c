@@ -1,6 +1,7 @@
 /* Test helper run inside the test containers: exec variants the shell cannot express. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -205,6 +207,33 @@ static int hold_dirty(const char *file, int dirty) {
     return 0;
 }
 
+/* xat uffd-exec PATH COUNT: COUNT children each exec PATH with argv[1] in a page behind a
+ * userfaultfd that nobody serves, so any read of it by another process blocks until the child
+ * dies. Prints "uffd-started N" once the children are forked, then waits for them. */
+static int uffd_exec(const char *path, int count) {
+    long page = sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < count; i++) {
+        if (fork() != 0) continue;
+        int uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
+        if (uffd < 0) { perror("userfaultfd"); _exit(2); }
+        struct uffdio_api api = { .api = UFFD_API };
+        if (ioctl(uffd, UFFDIO_API, &api)) { perror("UFFDIO_API"); _exit(2); }
+        char *mem = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        struct uffdio_register reg = {
+            .range = { .start = (unsigned long)mem, .len = page },
+            .mode = UFFDIO_REGISTER_MODE_MISSING,
+        };
+        if (mem == MAP_FAILED || ioctl(uffd, UFFDIO_REGISTER, &reg)) { perror("register"); _exit(2); }
+        char *args[] = { (char *)path, mem, NULL };
+        execve(path, args, environ);
+        _exit(3);
+    }
+    printf("uffd-started %d\n", count);
+    fflush(stdout);
+    while (wait(NULL) > 0) {}
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *mode = argv[1];
@@ -330,6 +359,7 @@ int main(int argc, char **argv) {
         printf("mfd-plain exec-sealed=%d\n", seals >= 0 && (seals & F_SEAL_EXEC) ? 1 : 0);
         return 0;
     }
+    if (!strcmp(mode, "uffd-exec") && argc >= 4) return uffd_exec(argv[2], atoi(argv[3]));
     if (!strcmp(mode, "swap-memfd-path") && argc >= 5) {
         /* xat swap-memfd-path IMAGE DRIFT COUNT: a thread flips the exec path between IMAGE and
          * /proc/self/fd/N of a memfd copy of DRIFT; counts what ran, as swap does. */
