@@ -25,6 +25,11 @@
 //!   (volumes and files bind-mounted from host filesystems) gets `FAN_MARK_MOUNT` on the
 //!   container's own mount, so host execs on those filesystems never reach the gate. `noexec`
 //!   mounts and pseudo filesystems (proc, sysfs, cgroup, devpts, ...) are not marked.
+//! - **Neighbours**: a container can reach, through `/proc/PID/root`, the filesystems of every
+//!   process it can see, and the pod's sandbox (the pause container) carries no filter of its
+//!   own. So the mounts of every other mount namespace with processes in the container's pid
+//!   namespace (a pod that shares its process namespace) are marked the same way, when the
+//!   container is watched; they are not registered as containers, so their own execs pass.
 //! - **Identity of the caller**: the group reports thread ids (`FAN_REPORT_TID`), the id the
 //!   exec's seccomp notification carried. A thread whose mount namespace cannot be read (it
 //!   waits for this answer, so only a thread being killed can vanish) is denied, never taken
@@ -344,8 +349,66 @@ impl Gate {
                 }
             }
         }
-        info!(container_id = %container.id, pid, mounts = marked, "exec gate watching");
-        Ok(marked)
+        let neighbours = self.mark_neighbours(container, pid, ns, &host_devs);
+        info!(container_id = %container.id, pid, mounts = marked, neighbour_mounts = neighbours,
+              "exec gate watching");
+        Ok(marked + neighbours)
+    }
+
+    /// Marks the mounts of the other mount namespaces in `pid`'s pid namespace (see the module
+    /// documentation); returns how many were marked. A container in the host's pid namespace
+    /// is skipped: it sees the whole node.
+    fn mark_neighbours(
+        &self,
+        container: &Container,
+        pid: u32,
+        own: u64,
+        host_devs: &HashSet<String>,
+    ) -> usize {
+        let Ok(pid_ns) = rfs::stat(format!("/proc/{pid}/ns/pid")).map(|s| s.st_ino) else {
+            return 0;
+        };
+        let host_ns = |kind: &str| {
+            ["self", "1"]
+                .iter()
+                .filter_map(|p| rfs::stat(format!("/proc/{p}/ns/{kind}")).ok())
+                .map(|s| s.st_ino)
+                .collect::<Vec<_>>()
+        };
+        if host_ns("pid").contains(&pid_ns) {
+            debug!(container_id = %container.id, "container shares the host's pid namespace");
+            return 0;
+        }
+        let host_mnt = host_ns("mnt");
+        let mut marked = 0;
+        for (ns, other) in pid_ns_neighbours(pid_ns, own) {
+            if host_mnt.contains(&ns) {
+                continue;
+            }
+            let mountinfo = std::fs::read_to_string(format!("/proc/{other}/mountinfo"));
+            let root = rfs::open(
+                format!("/proc/{other}/root"),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            let (Ok(mountinfo), Ok(root)) = (mountinfo, root) else {
+                continue;
+            };
+            for mount in parse_mountinfo(&mountinfo) {
+                if !mount.executable() {
+                    continue;
+                }
+                match self.mark(&root, &mount, mount.mark_kind(host_devs)) {
+                    Ok(()) => marked += 1,
+                    Err(err) => {
+                        warn!(container_id = %container.id, neighbour_pid = other,
+                              mount_point = %mount.mount_point.display(), error = %err,
+                              "exec gate could not mark a neighbour's mount")
+                    }
+                }
+            }
+        }
+        marked
     }
 
     /// Opens one mount point inside the container's root and marks it, after checking that the
@@ -794,6 +857,36 @@ fn host_devices() -> HashSet<String> {
         .flat_map(|text| parse_mountinfo(&text))
         .map(|mount| mount.dev)
         .collect()
+}
+
+/// One process of each mount namespace other than `own` that has processes in the pid
+/// namespace `pid_ns` (all of the host's processes are listed in `/proc` of the daemon, which
+/// runs in the host's pid namespace).
+fn pid_ns_neighbours(pid_ns: u64, own: u64) -> Vec<(u64, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, u32)> = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ns_of = |kind: &str| rfs::stat(format!("/proc/{pid}/ns/{kind}")).map(|s| s.st_ino);
+        if ns_of("pid").ok() != Some(pid_ns) {
+            continue;
+        }
+        match ns_of("mnt") {
+            Ok(ns) if ns != own && !found.iter().any(|(seen, _)| *seen == ns) => {
+                found.push((ns, pid))
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 /// The inode of a process's mount namespace.

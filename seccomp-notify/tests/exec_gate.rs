@@ -1,6 +1,8 @@
 //! Privileged runc tests of the exec gate: racing execs that swap the file behind an allowed
 //! exec (path buffer rewrite, symlink rename, fd-number swap) run a dropped binary with the
 //! seccomp stage alone, and never with the gate; image binaries keep running with the gate on.
+//! The same holds for a file on the filesystem of an unmonitored neighbour in the container's
+//! pid namespace (a pod's sandbox when the pod shares its process namespace).
 
 mod support;
 
@@ -274,4 +276,47 @@ async fn a_process_in_a_mount_namespace_of_its_own_is_still_gated() {
         events.iter().any(|e| e.exec_gate),
         "the gate caught nothing: {events:#?}"
     );
+}
+
+/// A pod that shares its process namespace: an unfiltered "sandbox" owns the pid namespace, the
+/// monitored container joins it, drops a binary into the sandbox's `/tmp` through
+/// `/proc/1/root` and races an exec of an image binary against a swap to that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_dropped_on_a_pod_neighbours_filesystem_never_runs() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let mut supervisor = Running::start(None).await.expect("supervisor");
+    let sandbox = Bundle::unfiltered(&runc, &["/bin/sleep", "120"]).expect("sandbox bundle");
+    sandbox.start_detached().expect("sandbox started");
+    let sandbox_pid = sandbox.init_pid().expect("sandbox pid");
+    let script = format!(
+        "cp /bin/xat /proc/1/root/tmp/evil; echo x >> /proc/1/root/tmp/evil\n\
+         chmod 755 /proc/1/root/tmp/evil\n\
+         /bin/xat swap path /bin/tiny /proc/1/root/tmp/evil {TRIES}\n"
+    );
+    let bundle =
+        Bundle::new(&runc, &supervisor.socket, &["/bin/sh", "-c", &script]).expect("bundle");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.dir.join("config.json")).expect("config"))
+            .expect("config json");
+    for ns in config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+    {
+        if ns["type"] == "pid" {
+            ns["path"] = format!("/proc/{sandbox_pid}/ns/pid").into();
+        }
+    }
+    support::write_config(&bundle, &config).expect("write config");
+    let output = support::run_to_end(bundle).await;
+    drop(sandbox);
+    let (image, drift, denied, _) = support::swap_counts(&output, "path");
+    println!("neighbour swap: image={image} drift={drift} denied={denied}");
+    assert!(image > 0, "the image binary never ran:\n{output}");
+    assert_eq!(drift, 0, "the neighbour's dropped binary ran:\n{output}");
+    let caught = supervisor
+        .drain_events()
+        .into_iter()
+        .filter(|e| e.exec_gate && e.outcome == Outcome::Deny)
+        .count();
+    assert!(caught > 0, "the gate caught nothing:\n{output}");
 }

@@ -317,6 +317,17 @@ impl Bundle {
             .output()?)
     }
 
+    /// Host pid of the container's init (`runc state`).
+    pub fn init_pid(&self) -> Result<u32> {
+        let out = self.runc_cmd().arg("state").arg(&self.id).output()?;
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("runc state {}", self.id))?;
+        state["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .context("no pid in runc state")
+    }
+
     /// Writes a file into the container's upper layer through the overlay (as the container
     /// would).
     pub fn rootfs(&self) -> PathBuf {
