@@ -120,8 +120,7 @@ impl PolicyStore {
                 None
             }
             Err(error) => {
-                self.inner.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(path = origin, %error, "policy rejected, keeping the previous one");
+                self.count_failure(origin, &error);
                 Some(error)
             }
         };
@@ -129,6 +128,27 @@ impl PolicyStore {
             *last = message.as_ref().map(ToString::to_string);
         }
         message.map_or(Ok(()), Err)
+    }
+
+    /// Records a policy file that could not be used at all (unreadable, not text): counted and
+    /// logged like a rejected document; the policy in force stays.
+    pub fn reject(&self, error: PolicyError, metrics: Option<&Metrics>) {
+        if let Some(m) = metrics {
+            m.policy_reload(false);
+        }
+        let origin = match &error {
+            PolicyError::Read { path, .. } => path.display().to_string(),
+            PolicyError::Invalid { origin, .. } => origin.clone(),
+        };
+        self.count_failure(&origin, &error);
+        if let Ok(mut last) = self.inner.last_error.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+
+    fn count_failure(&self, origin: &str, error: &PolicyError) {
+        self.inner.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(path = origin, %error, "policy rejected, keeping the previous one");
     }
 }
 
@@ -202,6 +222,8 @@ impl PolicyWatcher {
             last: fingerprint(path),
             store,
             metrics,
+            missing: false,
+            reported: None,
         };
         let thread = std::thread::Builder::new()
             .name("policy-watch".into())
@@ -239,6 +261,11 @@ struct WatchState {
     last: Option<u64>,
     store: PolicyStore,
     metrics: Option<Metrics>,
+    /// The file was missing at the last check (an unlink and a rename leave a short gap, so a
+    /// missing file is reported only when it is still missing at the next check).
+    missing: bool,
+    /// The read error reported last, so a persistent one is reported once.
+    reported: Option<String>,
 }
 
 impl WatchState {
@@ -270,32 +297,67 @@ impl WatchState {
     }
 
     fn check(&mut self) {
-        let src = match std::fs::read_to_string(&self.path) {
-            Ok(s) => s,
-            Err(error) => {
-                // The file may be briefly absent between an unlink and a rename.
-                tracing::debug!(path = %self.path.display(), %error, "policy file not readable");
-                return;
-            }
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(error) => return self.unreadable(error),
         };
-        let print = hash_str(&src);
+        self.missing = false;
+        self.reported = None;
+        let print = hash_bytes(&bytes);
         if self.last == Some(print) {
             return;
         }
         self.last = Some(print);
         let origin = self.path.display().to_string();
-        let _ = self
-            .store
-            .reload_from_str(&src, &origin, self.metrics.as_ref());
+        match String::from_utf8(bytes) {
+            Ok(src) => {
+                let _ = self
+                    .store
+                    .reload_from_str(&src, &origin, self.metrics.as_ref());
+            }
+            Err(err) => {
+                let at = err.utf8_error().valid_up_to();
+                let line = 1 + err.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not UTF-8 text: invalid byte at offset {at} (line {line})"),
+                );
+                let error = PolicyError::Read {
+                    path: self.path.clone(),
+                    source,
+                };
+                self.store.reject(error, self.metrics.as_ref());
+            }
+        }
+    }
+
+    fn unreadable(&mut self, error: std::io::Error) {
+        if error.kind() == std::io::ErrorKind::NotFound && !self.missing {
+            self.missing = true;
+            tracing::debug!(path = %self.path.display(), %error, "policy file not readable");
+            return;
+        }
+        let text = error.to_string();
+        if self.reported.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        self.reported = Some(text);
+        // Whatever comes back later is read again, even the same text.
+        self.last = None;
+        let error = PolicyError::Read {
+            path: self.path.clone(),
+            source: error,
+        };
+        self.store.reject(error, self.metrics.as_ref());
     }
 }
 
 fn fingerprint(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok().map(|s| hash_str(&s))
+    std::fs::read(path).ok().map(|b| hash_bytes(&b))
 }
 
-fn hash_str(s: &str) -> u64 {
+fn hash_bytes(b: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
-    s.hash(&mut h);
+    b.hash(&mut h);
     h.finish()
 }

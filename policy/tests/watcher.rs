@@ -164,3 +164,54 @@ fn change_is_applied_while_another_file_in_the_directory_keeps_changing() {
         println!("applied after {took:?} while another file kept changing");
     });
 }
+
+#[test]
+fn unusable_policy_files_are_rejected_counted_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, text_with("first")).expect("write");
+    let store = PolicyStore::new(Policy::load(&file).expect("valid"));
+    let metrics = Metrics::new();
+    let _w = PolicyWatcher::start(&file, store.clone(), Some(metrics.clone())).expect("watch");
+
+    // Not text: the error says where the first bad byte is.
+    let mut bytes = text_with("second").into_bytes();
+    bytes.extend_from_slice(b"\n# caf\xe9\n");
+    std::fs::write(&file, &bytes).expect("write");
+    wait("non-UTF-8 file rejected", || store.reloads_failed() == 1);
+    let err = store.last_error().expect("error kept");
+    assert!(
+        err.contains("policy.yaml") && err.contains("not UTF-8") && err.contains("line"),
+        "{err}"
+    );
+
+    // A directory where the file was.
+    std::fs::remove_file(&file).expect("remove");
+    std::fs::create_dir(&file).expect("mkdir");
+    wait("directory rejected", || store.reloads_failed() == 2);
+    assert!(store.current().rule("first").is_some(), "old policy stays");
+
+    // Missing: reported once it is still missing at the next check (a poll, 5 s later).
+    std::fs::remove_dir(&file).expect("rmdir");
+    let start = Instant::now();
+    while store.reloads_failed() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "missing file never reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(store.reloads_failed(), 3, "a missing file is reported once");
+    assert!(store.current().rule("first").is_some(), "old policy stays");
+    assert!(metrics
+        .render()
+        .contains("driftguard_policy_reloads_total{result=\"failed\"} 3"));
+
+    // Back: applied.
+    std::fs::write(&file, text_with("third")).expect("write");
+    wait("restored file applied", || {
+        store.current().rule("third").is_some()
+    });
+    assert!(store.last_error().is_none());
+}
