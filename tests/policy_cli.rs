@@ -424,3 +424,26 @@ fn events_shows_the_last_alerts() {
     let raw = ok(&["events", "--file", &f, "-n", "1", "--json"]);
     assert!(raw.starts_with("{\"time\""), "{raw}");
 }
+
+#[test]
+fn a_change_says_when_it_drops_comments() {
+    let s = Scratch::new();
+    let f = s.file().display().to_string();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/policy/default.yaml");
+    std::fs::copy(&shipped, s.file()).expect("copy the shipped policy");
+    let out = dg(&["policy", "add", "x", "--action", "alert", "--file", &f]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("comment line(s)") && stderr.contains("policy.yaml.bak"),
+        "{stderr}"
+    );
+    // The rendered file has only its own header: nothing more to warn about.
+    let out = dg(&["policy", "add", "y", "--action", "alert", "--file", &f]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

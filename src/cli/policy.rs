@@ -5,7 +5,8 @@
 //! and only then replaces the file atomically (keeping `FILE.bak`). A failed step leaves the
 //! file untouched.
 //!
-//! Limits: rewriting the file drops its comments (the YAML is regenerated from the policy).
+//! Limits: rewriting the file drops its comments (the YAML is regenerated from the policy); a
+//! change that drops any says so on stderr and names the backup that still has them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -344,12 +345,32 @@ fn change(
 ) -> anyhow::Result<ExitCode> {
     let mut policy = load(path)?;
     let message = f(&mut policy)?;
+    let comments = std::fs::read_to_string(path)
+        .map(|text| comment_lines(&text))
+        .unwrap_or(0);
     save(path, &policy)?;
     println!(
         "{message} (previous version kept as {})",
         backup_path(path).display()
     );
+    if comments > 0 {
+        eprintln!(
+            "note: the {comments} comment line(s) of {} are not kept; {} has them until the next change",
+            path.display(),
+            backup_path(path).display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Comment lines a rewrite drops: every `#` line but the header the rendering writes itself.
+fn comment_lines(text: &str) -> usize {
+    let header = Policy::default_policy().to_yaml();
+    let header = header.lines().next().unwrap_or_default();
+    text.lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with('#') && *line != header)
+        .count()
 }
 
 fn parse_condition(text: &str) -> anyhow::Result<Condition> {
