@@ -112,7 +112,7 @@ if [ -f "$NODE/state/fd-holder.pid" ]; then
 fi
 grep -E "registered|running" "$NODE/daemon.log" | sed 's/^/    /'
 
-say "running pod demo/web from localhost/driftguard/busybox:1"
+say "running pod web (namespace demo) from localhost/driftguard/busybox:1"
 CTR=$("$TESTKIT" run-pod --endpoint "$DG_CRI_ENDPOINT" --pods-dir "$DG_PODS_DIR" --name web \
     --namespace demo --image localhost/driftguard/busybox:1 /bin/sh -c 'sleep 3600')
 echo "    container $CTR"

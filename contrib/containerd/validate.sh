@@ -40,7 +40,7 @@ expect() {
 # check VERSION SNIPPET CRI_PLUGIN MODE
 check() {
     local version=$1 snippet=$2 cri=$3 mode=$4 bin config out err config_version
-    bin=$(ls -d "$PREFIX"/containerd-"$version"*/usr/bin/containerd 2>/dev/null | head -n1)
+    bin=$(ls -d "$PREFIX"/containerd-"$version"*/usr/bin/containerd 2>/dev/null | head -n1 || true)
     [ -x "$bin" ] || { fail "no containerd $version under $PREFIX (run contrib/dev/runtime.sh up)"; return; }
     config_version=$(awk -F' *= *' '$1 == "version" { print $2; exit }' "$snippet")
     config=$SCRATCH/$version-$mode.toml

@@ -87,14 +87,26 @@ deb_file() {
 
 # apt_download NAME VERSION SUITE: download one package version into the cache as *.tmp.
 apt_download() {
-    local name=$1 ver=$2 suite=$3 dir
+    local name=$1 ver=$2 suite=$3 dir added=""
     if ! apt-cache madison "$name" 2>/dev/null | grep -qF " $ver "; then
         add_suite "$suite"
+        added=$suite
     fi
     dir=$(mktemp -d)
-    (cd "$dir" && apt-get download -q "$name=$ver" >&2) || { rm -rf "$dir"; die "apt-get download $name=$ver failed"; }
+    if ! (cd "$dir" && apt-get download -q "$name=$ver" >&2); then
+        rm -rf "$dir"
+        [ -z "$added" ] || remove_suite "$added"
+        die "apt-get download $name=$ver failed"
+    fi
+    [ -z "$added" ] || remove_suite "$added"
     mv "$dir"/*.deb "$DEB_CACHE/${name}_${ver/:/%3a}_amd64.deb.tmp"
     rmdir "$dir"
+}
+
+# remove_suite SUITE: take back what add_suite added to apt's configuration (its package lists
+# go at the next `apt-get update`).
+remove_suite() {
+    rm -f "/etc/apt/sources.list.d/driftguard-dev-$1.sources" "/etc/apt/preferences.d/driftguard-dev-$1"
 }
 
 # add_suite SUITE: let apt download (never install) from a Debian suite.
