@@ -4,11 +4,20 @@
 //! `contrib/config/config.yaml`. Unknown keys are errors (a typo must not silently fall back to
 //! a default), reported with the file, line and column. The runc wrapper reads the same file to
 //! learn the supervisor socket, the real runc and the policy (for its failure policy).
+//!
+//! Values are checked by one function, [`Config::validate`]: `driftguard config check`, the
+//! daemon and the external NRI plugin refuse a configuration it rejects, naming the file, the
+//! key and the bad value. The runc wrapper only parses the file: it must go on starting the
+//! exempt namespaces' pods whatever an unrelated value (say `metricsAddress`) says.
+//!
+//! Limits: a bad value is reported by key path, not by line (the line is given for documents
+//! that do not parse).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/driftguard/config.yaml";
@@ -16,7 +25,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/driftguard/config.yaml";
 pub const CONFIG_ENV: &str = "DRIFTGUARD_CONFIG";
 
 /// The daemon's configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
     /// Cluster name put into every scope and alert.
@@ -56,7 +65,7 @@ pub struct Config {
 }
 
 /// How the daemon connects to the runtime's NRI.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct NriConfig {
     /// Connect to the NRI socket (external plugin).
@@ -72,7 +81,7 @@ pub struct NriConfig {
 }
 
 /// The runc wrapper's settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuncConfig {
     /// Path of the real runc.
@@ -80,7 +89,7 @@ pub struct RuncConfig {
 }
 
 /// Where alerts go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AlertsSection {
     /// JSON lines on stdout.
@@ -150,36 +159,125 @@ impl Default for AlertsSection {
 }
 
 impl Config {
-    /// Parses a configuration document; `origin` names it in errors.
+    /// Parses a configuration document; `origin` names it in errors. Values are not checked
+    /// (see [`Config::validate`]).
     pub fn from_yaml(src: &str, origin: &str) -> Result<Config> {
         if src.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_saphyr::from_str(src).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+        serde_saphyr::from_str(src).map_err(|e| {
+            let rendered = e.render_with_options(serde_saphyr::render_options! {
+                source_name: Some(origin),
+            });
+            anyhow::anyhow!("{origin}: {rendered}")
+        })
     }
 
-    /// Reads `path`.
+    /// Reads and parses `path`; values are not checked (see [`Config::load_valid`]).
     pub fn load(path: &Path) -> Result<Config> {
         let src = std::fs::read_to_string(path)
             .with_context(|| format!("reading the configuration {}", path.display()))?;
         Config::from_yaml(&src, &path.display().to_string())
     }
 
-    /// The configuration from `explicit`, else `$DRIFTGUARD_CONFIG`, else the default path;
-    /// the built-in defaults when the default path does not exist.
-    pub fn resolve(explicit: Option<&Path>) -> Result<Config> {
+    /// Reads, parses and checks `path`: what `driftguard config check` accepts.
+    pub fn load_valid(path: &Path) -> Result<Config> {
+        let config = Config::load(path)?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// The file [`Config::resolve`] reads: `explicit`, else `$DRIFTGUARD_CONFIG`, else the
+    /// default path when it exists; `None` means the built-in defaults.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
         if let Some(path) = explicit {
-            return Config::load(path);
+            return Some(path.to_path_buf());
         }
         if let Some(path) = std::env::var_os(CONFIG_ENV) {
-            return Config::load(Path::new(&path));
+            return Some(PathBuf::from(path));
         }
         let default = Path::new(DEFAULT_CONFIG_PATH);
-        if default.exists() {
-            Config::load(default)
-        } else {
-            Ok(Config::default())
+        default.exists().then(|| default.to_path_buf())
+    }
+
+    /// The configuration from `explicit`, else `$DRIFTGUARD_CONFIG`, else the default path;
+    /// the built-in defaults when the default path does not exist. Values are not checked.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Config> {
+        match Config::locate(explicit) {
+            Some(path) => Config::load(&path),
+            None => Ok(Config::default()),
         }
+    }
+
+    /// Like [`Config::resolve`], and checks the values: what a daemon starts from.
+    pub fn resolve_valid(explicit: Option<&Path>) -> Result<Config> {
+        match Config::locate(explicit) {
+            Some(path) => Config::load_valid(&path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Checks every value; the error has one line per bad value, each naming `origin`, the
+    /// key and the value, and saying what is expected.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = problems.iter().map(|p| format!("{origin}: {p}")).collect();
+        anyhow::bail!("{}", lines.join("\n"))
+    }
+
+    /// The effective configuration as a YAML document with the file's key names.
+    pub fn to_yaml(&self) -> Result<String> {
+        let mut text =
+            serde_saphyr::to_string(self).context("rendering the configuration as YAML")?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        absolute(&mut out, "stateDir", &self.state_dir);
+        absolute(&mut out, "policyPath", &self.policy_path);
+        // The supervisor also binds `<supervisorSocket>.alive`.
+        socket(
+            &mut out,
+            "supervisorSocket",
+            &self.supervisor_socket,
+            ".alive".len(),
+        );
+        socket(&mut out, "holderSocket", &self.holder_socket, 0);
+        if self.decision_timeout_ms == 0 {
+            out.push(Problem::new(
+                "decisionTimeoutMs",
+                "0",
+                "must be more than 0 milliseconds (default 2000)",
+            ));
+        }
+        for ns in &self.exempt_namespaces {
+            if !is_dns_label(ns) {
+                out.push(Problem::new(
+                    "exemptNamespaces",
+                    &format!("{ns:?}"),
+                    "is not a Kubernetes namespace name (1 to 63 of a-z, 0-9 and '-', \
+                     starting and ending with a letter or digit)",
+                ));
+            }
+        }
+        self.nri.problems(&mut out);
+        absolute(&mut out, "runc.path", &self.runc.path);
+        self.alerts.problems(&mut out);
+        if !self.metrics_address.is_empty() && self.metrics_address.parse::<SocketAddr>().is_err() {
+            out.push(Problem::new(
+                "metricsAddress",
+                &format!("{:?}", self.metrics_address),
+                "is not IP:PORT (e.g. 127.0.0.1:9477 or [::1]:9477; \"\" disables the endpoint)",
+            ));
+        }
+        out
     }
 
     /// The node name: configured, else the host name.
@@ -190,6 +288,124 @@ impl Config {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default()
+    }
+}
+
+impl NriConfig {
+    fn problems(&self, out: &mut Vec<Problem>) {
+        socket(out, "nri.socket", &self.socket, 0);
+        let name_ok = !self.plugin_name.is_empty()
+            && self
+                .plugin_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
+        if !name_ok {
+            out.push(Problem::new(
+                "nri.pluginName",
+                &format!("{:?}", self.plugin_name),
+                "must be letters, digits, '_', '.', '+' or '-' (NRI refuses other names)",
+            ));
+        }
+        let index = &self.plugin_index;
+        if index.len() != 2 || !index.bytes().all(|b| b.is_ascii_digit()) {
+            out.push(Problem::new(
+                "nri.pluginIndex",
+                &format!("{index:?}"),
+                "must be two digits, e.g. \"10\" (NRI orders plugins by it)",
+            ));
+        }
+    }
+}
+
+impl AlertsSection {
+    fn problems(&self, out: &mut Vec<Problem>) {
+        if !self.file.as_os_str().is_empty() {
+            absolute(out, "alerts.file", &self.file);
+        }
+        let url = &self.falcosidekick_url;
+        if url.is_empty() {
+            return;
+        }
+        if let Err(why) = check_http_url(url) {
+            out.push(Problem::new(
+                "alerts.falcosidekickUrl",
+                &format!("{url:?}"),
+                &format!("{why} (e.g. http://falcosidekick.falco:2801/; \"\" disables)"),
+            ));
+        }
+    }
+}
+
+/// One bad value: its key path, the value as written and what is expected.
+struct Problem {
+    key: &'static str,
+    value: String,
+    expected: String,
+}
+
+impl Problem {
+    fn new(key: &'static str, value: &str, expected: &str) -> Problem {
+        Problem {
+            key,
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} {}", self.key, self.value, self.expected)
+    }
+}
+
+/// Longest path a unix socket can bind (`sun_path` holds 108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn absolute(out: &mut Vec<Problem>, key: &'static str, path: &Path) {
+    if !path.is_absolute() {
+        out.push(Problem::new(
+            key,
+            &format!("{:?}", path.display().to_string()),
+            "must be an absolute path (starting with /)",
+        ));
+    }
+}
+
+/// An absolute socket path short enough to bind, with `suffix` more bytes for a sibling.
+fn socket(out: &mut Vec<Problem>, key: &'static str, path: &Path, suffix: usize) {
+    absolute(out, key, path);
+    let max = MAX_SOCKET_PATH - suffix;
+    if path.as_os_str().len() > max {
+        out.push(Problem::new(
+            key,
+            &format!("{:?}", path.display().to_string()),
+            &format!("is longer than the {max} bytes a unix socket path may have here"),
+        ));
+    }
+}
+
+/// A Kubernetes namespace name (an RFC 1123 label).
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    let edge = |b: Option<&u8>| b.is_some_and(|b| *b != b'-');
+    !name.is_empty() && name.len() <= 63 && inner_ok && edge(bytes.first()) && edge(bytes.last())
+}
+
+/// What the alert sink accepts: `http://host[:port][/path]`, parsed as the sink parses it.
+fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(format!("uses {other}://; only http:// is supported")),
+        None => return Err("has no scheme; only http:// is supported".into()),
+    }
+    match uri.authority() {
+        Some(a) if !a.host().is_empty() => Ok(()),
+        _ => Err("has no host".into()),
     }
 }
 
@@ -241,5 +457,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("line 2"), "{text}");
+    }
+    #[test]
+    fn defaults_are_valid_and_each_bad_value_is_one_line() {
+        Config::default().validate("c.yaml").unwrap();
+        let c = Config::from_yaml(
+            "metricsAddress: nothere\nnri:\n  pluginIndex: \"1\"\nrunc:\n  path: runc\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let text = c.validate("c.yaml").unwrap_err().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines.iter().all(|l| l.starts_with("c.yaml: ")), "{text}");
+        assert!(text.contains("nri.pluginIndex: \"1\""), "{text}");
+    }
+
+    #[test]
+    fn url_and_namespace_checks() {
+        assert!(check_http_url("http://falco:2801/").is_ok());
+        assert!(check_http_url("http://10.0.0.1").is_ok());
+        assert!(check_http_url("https://falco/").is_err());
+        assert!(check_http_url("falco:2801").is_err());
+        assert!(is_dns_label("kube-system"));
+        assert!(!is_dns_label("-x") && !is_dns_label("A") && !is_dns_label(""));
+        assert!(!is_dns_label(&"a".repeat(64)));
     }
 }

@@ -1,5 +1,7 @@
-//! `contrib/config/config.yaml` against the built binary: it parses, it states exactly the
-//! built-in defaults, and it names every key the daemon reads.
+//! The configuration file against the built binary: `contrib/config/config.yaml` parses,
+//! states exactly the built-in defaults and names every key the daemon reads; `config show`
+//! prints YAML with the file's key names; bad values are refused by `config check` and by the
+//! daemon, naming the file, the key and the value.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -27,23 +29,6 @@ fn stdout_of(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `state_dir` → `stateDir`, as serde's `rename_all = "camelCase"` does.
-fn camel(snake: &str) -> String {
-    let mut out = String::new();
-    let mut upper = false;
-    for c in snake.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[test]
 fn example_config_is_valid() {
     let path = example();
@@ -59,30 +44,207 @@ fn example_config_states_the_built_in_defaults() {
     assert_eq!(from_file, defaults);
 }
 
+/// The key paths of a YAML mapping, nested keys as `section.key`.
+fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(map) = value.as_object() else {
+        return;
+    };
+    for (key, inner) in map {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        out.push(path.clone());
+        key_paths(inner, &path, out);
+    }
+}
+
+fn shown_config(args: &[&str]) -> serde_json::Value {
+    let shown = stdout_of(args);
+    serde_saphyr::from_str(&shown)
+        .unwrap_or_else(|e| panic!("`config show` is not YAML: {e}\n{shown}"))
+}
+
 #[test]
 fn example_config_names_every_key() {
     let text = std::fs::read_to_string(example()).expect("read the example");
-    let keys: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim()))
-        .collect();
-    // `config show` prints the Debug form: one `field: value` line per key, nested sections
-    // as `field: Type {`.
-    let shown = stdout_of(&["config", "show"]);
-    let mut fields = 0;
-    for line in shown.lines().map(str::trim) {
-        let Some((field, _)) = line.split_once(": ") else {
-            continue;
-        };
-        fields += 1;
-        let key = camel(field);
+    let example: serde_json::Value = serde_saphyr::from_str(&text).expect("parse the example");
+    let mut in_example = Vec::new();
+    key_paths(&example, "", &mut in_example);
+    let mut shown = Vec::new();
+    key_paths(&shown_config(&["config", "show"]), "", &mut shown);
+    for key in &shown {
         assert!(
-            keys.contains(&key.as_str()),
+            in_example.contains(key),
             "contrib/config/config.yaml lacks `{key}`"
         );
     }
-    assert!(fields >= 15, "too few fields in `config show`: {shown}");
+    assert!(
+        shown.len() >= 15,
+        "too few keys in `config show`: {shown:?}"
+    );
+}
+
+#[test]
+fn config_show_prints_yaml_with_the_file_key_names_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, "cluster: prod\nnri:\n  pluginIndex: \"07\"\n").expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let shown = stdout_of(&["config", "show", path]);
+    let value: serde_json::Value = serde_saphyr::from_str(&shown).expect("YAML");
+    assert_eq!(value["cluster"], "prod", "{shown}");
+    assert_eq!(value["nri"]["pluginIndex"], "07", "{shown}");
+    assert_eq!(value["decisionTimeoutMs"], 2000, "{shown}");
+    assert!(!shown.contains("plugin_index"), "{shown}");
+
+    // The printed configuration is itself a valid file with the same effect.
+    let again = dir.path().join("shown.yaml");
+    std::fs::write(&again, &shown).expect("write");
+    let again = again.to_str().expect("utf-8 path");
+    assert!(stdout_of(&["config", "check", again]).contains("valid"));
+    assert_eq!(stdout_of(&["config", "show", again]), shown);
+}
+
+#[test]
+fn a_parse_error_snippet_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, "cluster: a\nbogus: 1\n").expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let out = dg(&["config", "check", path]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{path}:2:1")), "{err}");
+    assert!(!err.contains("<input>"), "{err}");
+}
+
+/// Documents with one bad value each, the key named in the error and the value shown.
+const BAD_VALUES: &[(&str, &str, &str)] = &[
+    ("metricsAddress: nothere\n", "metricsAddress", "nothere"),
+    (
+        "alerts:\n  falcosidekickUrl: https://falco:2801/\n",
+        "alerts.falcosidekickUrl",
+        "https://falco:2801/",
+    ),
+    (
+        "alerts:\n  file: events.jsonl\n",
+        "alerts.file",
+        "events.jsonl",
+    ),
+    (
+        "nri:\n  pluginName: \"bad name\"\n",
+        "nri.pluginName",
+        "bad name",
+    ),
+    ("nri:\n  pluginIndex: \"abc\"\n", "nri.pluginIndex", "abc"),
+    ("nri:\n  pluginIndex: \"1\"\n", "nri.pluginIndex", "\"1\""),
+    ("nri:\n  socket: nri.sock\n", "nri.socket", "nri.sock"),
+    (
+        "runc:\n  path: relative/runc\n",
+        "runc.path",
+        "relative/runc",
+    ),
+    ("stateDir: state\n", "stateDir", "state"),
+    ("policyPath: policy.yaml\n", "policyPath", "policy.yaml"),
+    ("supervisorSocket: s.sock\n", "supervisorSocket", "s.sock"),
+    ("holderSocket: h.sock\n", "holderSocket", "h.sock"),
+    ("decisionTimeoutMs: 0\n", "decisionTimeoutMs", "0"),
+    (
+        "exemptNamespaces: [Kube_System]\n",
+        "exemptNamespaces",
+        "Kube_System",
+    ),
+];
+
+#[test]
+fn config_check_rejects_bad_values_naming_file_key_and_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    let path = file.to_str().expect("utf-8 path");
+    for (doc, key, value) in BAD_VALUES {
+        std::fs::write(&file, doc).expect("write");
+        let out = dg(&["config", "check", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{doc:?} was accepted");
+        assert!(
+            err.contains(&format!("{path}: {key}: ")) && err.contains(value),
+            "{doc:?}: {err}"
+        );
+    }
+    let long = format!("supervisorSocket: /{}\n", "s".repeat(110));
+    std::fs::write(&file, long).expect("write");
+    let out = dg(&["config", "check", path]);
+    assert!(
+        !out.status.success(),
+        "a socket path too long to bind was accepted"
+    );
+}
+
+/// A configuration whose every path is under `dir`, with `top` and `nri` lines added.
+fn private_config(dir: &std::path::Path, top: &str, nri: &str) -> String {
+    let d = dir.display();
+    format!(
+        "stateDir: {d}/state\npolicyPath: {d}/policy.yaml\nsupervisorSocket: {d}/s.sock\n\
+         holderSocket: {d}/h.sock\nstartHolder: false\nnri:\n  socket: {d}/nri.sock\n{nri}\
+         alerts:\n  stdout: false\n  file: {d}/events.jsonl\n{top}"
+    )
+}
+
+/// Runs `driftguard daemon --config FILE`; a daemon still running after 20 s is killed.
+fn daemon_with(file: &std::path::Path) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        .args(["daemon", "--config"])
+        .arg(file)
+        .env_remove("DRIFTGUARD_CONFIG")
+        .env_remove("NRI_PLUGIN_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut exited = false;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("wait").is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !exited {
+        child.kill().expect("kill the daemon");
+    }
+    let out = child.wait_with_output().expect("daemon output");
+    (
+        exited && !out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_daemon_refuses_bad_values_before_starting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    let path = file.to_str().expect("utf-8 path");
+    for (top, nri, key, value) in [
+        ("metricsAddress: nothere\n", "", "metricsAddress", "nothere"),
+        (
+            "",
+            "  pluginName: \"bad name\"\n",
+            "nri.pluginName",
+            "bad name",
+        ),
+    ] {
+        let doc = private_config(dir.path(), top, nri);
+        std::fs::write(&file, doc).expect("write");
+        let (refused, err) = daemon_with(&file);
+        assert!(refused, "the daemon ran with {key}: {value}: {err}");
+        assert!(
+            err.contains(&format!("{path}: {key}: ")) && err.contains(value),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -138,24 +300,16 @@ fn kubernetes_configmap_holds_a_valid_config_and_the_default_policy() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("contrib/policy/default.yaml");
     let default_policy = std::fs::read_to_string(default_policy).expect("read default policy");
     assert_eq!(str_at(cm, "/data/policy.yaml"), default_policy);
-    let shown = stdout_of(&["config", "show", config.to_str().expect("utf-8")]);
-    assert!(shown.contains("start_holder: false"), "{shown}");
+    let shown = shown_config(&["config", "show", config.to_str().expect("utf-8")]);
+    assert_eq!(shown["startHolder"], false, "{shown}");
+    let exempt = shown["exemptNamespaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        exempt_namespaces(&shown).contains(&"driftguard".to_string()),
+        exempt.contains(&serde_json::Value::from("driftguard")),
         "the ConfigMap's config must exempt the driftguard namespace: {shown}"
     );
-}
-
-/// The `exempt_namespaces` list of a `config show` output (the Debug form of the config).
-fn exempt_namespaces(shown: &str) -> Vec<String> {
-    let (_, rest) = shown
-        .split_once("exempt_namespaces: [")
-        .unwrap_or_else(|| panic!("no exempt_namespaces in: {shown}"));
-    let (list, _) = rest.split_once(']').expect("end of exempt_namespaces");
-    list.split(',')
-        .map(|s| s.trim().trim_matches('"').to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 /// Every mount names a volume of the pod; a host path shared with processes outside the pod

@@ -17,9 +17,10 @@ pub struct DaemonArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Loads the configuration and runs the daemon until SIGTERM or SIGINT.
+/// Loads and checks the configuration and runs the daemon until SIGTERM or SIGINT; a bad value
+/// stops it before anything starts.
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::resolve(args.config.as_deref())?;
+    let config = Config::resolve_valid(args.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(crate::daemon::run(config));
     // Tasks serving running containers are dropped, not awaited: the fd holder keeps their fds.

@@ -62,12 +62,13 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Check that a configuration file parses (unknown keys and bad values are errors).
+    /// Check a configuration file: unknown keys and bad values are errors, one line each with
+    /// the file, the key and the value.
     Check {
         /// The configuration file.
         file: PathBuf,
     },
-    /// Print the effective configuration: the file's values over the built-in defaults.
+    /// Print the effective configuration as YAML: the file's values over the built-in defaults.
     Show {
         /// The configuration file; the built-in defaults when absent.
         file: Option<PathBuf>,
@@ -88,15 +89,15 @@ pub fn owns_logging(command: &super::Command) -> bool {
 pub fn run_config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ConfigCommand::Check { file } => {
-            Config::load(&file)?;
+            Config::load_valid(&file)?;
             println!("{}: valid", file.display());
         }
         ConfigCommand::Show { file } => {
             let config = match file {
-                Some(file) => Config::load(&file)?,
+                Some(file) => Config::load_valid(&file)?,
                 None => Config::default(),
             };
-            println!("{config:#?}");
+            print!("{}", config.to_yaml()?);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -107,7 +108,7 @@ pub fn run(args: NriPluginArgs) -> anyhow::Result<ExitCode> {
     if launched_by_runtime() {
         return Ok(run_launched(args.config));
     }
-    let config = Config::resolve(args.config.as_deref())?;
+    let config = Config::resolve_valid(args.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run_external(config))?;
     Ok(ExitCode::SUCCESS)
