@@ -447,3 +447,113 @@ fn a_change_says_when_it_drops_comments() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn dg_with_config(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        .args(args)
+        .env("DRIFTGUARD_CONFIG", config)
+        .output()
+        .expect("run driftguard")
+}
+
+#[test]
+fn verbs_default_to_the_configured_policy_path() {
+    let s = Scratch::new();
+    let config = s.0.join("config.yaml");
+    let policy = s.0.join("configured.yaml");
+    std::fs::write(&config, format!("policyPath: {}\n", policy.display())).expect("write");
+    let run = |args: &[&str]| {
+        let out = dg_with_config(&config, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["policy", "init"]);
+    assert!(policy.exists(), "init did not write the configured policy");
+    run(&["policy", "add", "shop", "--action", "block"]);
+    assert_eq!(names(&policy), ["kube-system", "shop", "default"]);
+    let listed = run(&["policy", "list"]);
+    assert!(listed.contains("shop"), "{listed}");
+
+    // A configuration that cannot be read is named, with the way around it.
+    let missing = s.0.join("missing-config.yaml");
+    let out = dg_with_config(&missing, &["policy", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("--file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn each_error_is_said_once() {
+    let (s, f) = init();
+    let missing = s.0.join("missing.yaml").display().to_string();
+    let err = fails(&["policy", "list", "--file", &missing]);
+    assert!(err.contains(&missing), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    let err = fails(&[
+        "policy",
+        "add",
+        "bad name!",
+        "--action",
+        "block",
+        "--file",
+        &f,
+    ]);
+    assert_eq!(err.matches("invalid rule name").count(), 1, "{err}");
+}
+
+#[test]
+fn two_documents_and_bytes_that_are_not_utf8_are_located() {
+    let (s, f) = init();
+    let text = std::fs::read_to_string(&f).expect("read");
+    let two = s.0.join("two.yaml");
+    std::fs::write(&two, format!("{text}---\n{text}")).expect("write");
+    // The `---` line that starts the second document.
+    let second = text.lines().count() + 1;
+    let err =
+        String::from_utf8_lossy(&dg(&["policy", "validate", &two.display().to_string()]).stderr)
+            .into_owned();
+    assert!(
+        err.contains(&format!(
+            "the file has more than one YAML document (line {second}); a policy is one document"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("from_str"), "{err}");
+
+    let bad = s.0.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        b"apiVersion: driftguard.dev/v1\nkind: DriftPolicy\n# \xff\n",
+    )
+    .expect("write");
+    let out = dg(&["policy", "validate", &bad.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("offset 50 (line 3)"), "{err}");
+}
+
+#[test]
+fn direct_loader_is_listed_and_set_and_one_rule_is_singular() {
+    let (_s, f) = init();
+    let listed = ok(&["policy", "list", "--file", &f]);
+    assert!(listed.contains(" directLoader=allow "), "{listed}");
+    ok(&[
+        "policy",
+        "options",
+        "--direct-loader",
+        "block",
+        "--file",
+        &f,
+    ]);
+    let listed = ok(&["policy", "list", "--file", &f]);
+    assert!(listed.contains(" directLoader=block "), "{listed}");
+    let text = std::fs::read_to_string(&f).expect("read");
+    assert!(text.contains("directLoader: block"), "{text}");
+    let out = ok(&["policy", "validate", &f]);
+    assert!(out.contains("with 1 rule above"), "{out}");
+}

@@ -44,7 +44,7 @@ pub enum EditError {
         max: usize,
     },
     /// A field value is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] Invalid),
 }
 

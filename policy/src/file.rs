@@ -175,7 +175,7 @@ struct RawAllow {
 impl Policy {
     /// Parses and validates a policy document; `origin` names the source in error messages.
     pub fn from_yaml(src: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let raw: RawDoc = serde_saphyr::from_str(src).map_err(|e| yaml_error(origin, &e))?;
+        let raw: RawDoc = serde_saphyr::from_str(src).map_err(|e| yaml_error(src, origin, &e))?;
         let checked = |s: &Spanned<String>, want: &str, what: &str| {
             if s.value == want {
                 Ok(())
@@ -195,12 +195,15 @@ impl Policy {
         build(raw, origin)
     }
 
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file; a file that is not UTF-8 text is refused with the
+    /// offset and line of its first bad byte.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let read_error = |source| PolicyError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let src = String::from_utf8(bytes).map_err(|err| read_error(not_utf8(&err)))?;
         Policy::from_yaml(&src, &path.display().to_string())
     }
 
@@ -212,7 +215,51 @@ impl Policy {
     }
 }
 
-fn yaml_error(origin: &str, err: &serde_saphyr::Error) -> PolicyError {
+/// Where the first byte that is not UTF-8 sits, as the watcher reports it too.
+fn not_utf8(err: &std::string::FromUtf8Error) -> std::io::Error {
+    let at = err.utf8_error().valid_up_to();
+    let line = 1 + err.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("not UTF-8 text: invalid byte at offset {at} (line {line})"),
+    )
+}
+
+/// The error for a second document, located at the `---` line that starts it (the parser
+/// points at its first node, below any comments).
+fn second_document(src: &str, origin: &str, loc: Location) -> PolicyError {
+    let first_node = usize::try_from(loc.line()).unwrap_or(usize::MAX);
+    let marker = src
+        .lines()
+        .enumerate()
+        .take(first_node)
+        .filter(|(_, l)| *l == "---" || l.starts_with("--- ") || l.starts_with("---\t"))
+        .map(|(i, _)| i + 1)
+        .last()
+        // A `---` that opens the first document (then `...` ended it) is not the one.
+        .filter(|&m| m > first_content_line(src));
+    let (line, column) = marker.map_or((loc.line(), loc.column()), |m| (m as u64, 1));
+    PolicyError::Invalid {
+        origin: origin.to_string(),
+        line: line as u32,
+        column: column as u32,
+        invalid: Invalid::new(
+            format!(
+                "the file has more than one YAML document (line {line}); a policy is one document"
+            ),
+            "keep one policy; remove this `---` line and the document after it",
+        ),
+    }
+}
+
+/// 1-based line of the first line that is neither blank nor a comment.
+fn first_content_line(src: &str) -> usize {
+    src.lines()
+        .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map_or(0, |i| i + 1)
+}
+
+fn yaml_error(src: &str, origin: &str, err: &serde_saphyr::Error) -> PolicyError {
     let plain = err.without_snippet();
     let loc = plain.location().unwrap_or(Location::UNKNOWN);
     let rendered = plain.render_with_options(serde_saphyr::render_options! {
@@ -227,6 +274,9 @@ fn yaml_error(origin: &str, err: &serde_saphyr::Error) -> PolicyError {
         .next()
         .unwrap_or("invalid document")
         .to_string();
+    if matches!(plain, serde_saphyr::Error::MultipleDocuments { .. }) {
+        return second_document(src, origin, loc);
+    }
     let message = if message.contains("null into string") {
         "missing value (the YAML value is empty or null)".to_string()
     } else if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
@@ -490,5 +540,36 @@ impl From<&Policy> for OutDoc {
                 default_rule: OutRule::from_rule(&p.default_rule, false),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_document_is_located_at_its_marker() {
+        let doc = Policy::default_policy().to_yaml();
+        let lines = doc.lines().count();
+        for (text, line) in [
+            (format!("{doc}---\n{doc}"), lines + 1),
+            (format!("---\n{doc}--- # again\n{doc}"), lines + 2),
+        ] {
+            let err = Policy::from_yaml(&text, "p.yaml").unwrap_err().to_string();
+            let want = format!(
+                "p.yaml:{line}:1: the file has more than one YAML document (line {line}); a \
+                 policy is one document"
+            );
+            assert!(err.starts_with(&want), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_first_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, b"kind: x\n\xc3(\n").unwrap();
+        let err = Policy::load(&path).unwrap_err().to_string();
+        assert!(err.contains("offset 8 (line 2)"), "{err}");
     }
 }

@@ -92,6 +92,23 @@ impl Default for Options {
     }
 }
 
+impl fmt::Display for Options {
+    /// `modeDrift=alert relocatedImageBinaries=alert volumeFiles=drift directLoader=allow
+    /// failurePolicy=closed`: every option with its key in policy files.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failure = match self.failure_policy {
+            FailurePolicy::Closed => "closed",
+            FailurePolicy::Open => "open",
+        };
+        write!(
+            f,
+            "modeDrift={} relocatedImageBinaries={} volumeFiles={} directLoader={} \
+             failurePolicy={failure}",
+            self.mode_drift, self.relocated_image_binaries, self.volume_files, self.direct_loader
+        )
+    }
+}
+
 /// Facts about one exec, as the supervisor established them.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecFacts<'a> {

@@ -5,6 +5,10 @@
 //! and only then replaces the file atomically (keeping `FILE.bak`). A failed step leaves the
 //! file untouched.
 //!
+//! Verbs other than `validate` work on `--file`, else on the `policyPath` of the daemon's
+//! configuration (`$DRIFTGUARD_CONFIG`, else `/etc/driftguard/config.yaml` when it exists),
+//! else on `/etc/driftguard/policy.yaml`.
+//!
 //! Limits: rewriting the file drops its comments (the YAML is regenerated from the policy); a
 //! change that drops any says so on stderr and names the backup that still has them.
 
@@ -18,8 +22,10 @@ use driftguard_policy::edit::backup_path;
 use driftguard_policy::rule::action_str;
 use driftguard_policy::{
     write_atomic, Action, AllowEntry, Condition, FailurePolicy, Field, Move, Operator, Policy,
-    Rule, RuleEdit, Scope, Treatment, DEFAULT_POLICY_PATH,
+    Rule, RuleEdit, Scope, Treatment,
 };
+
+use crate::config::Config;
 
 /// `driftguard policy` arguments.
 #[derive(Debug, Args)]
@@ -31,9 +37,22 @@ pub struct PolicyArgs {
 /// The policy file a verb works on.
 #[derive(Debug, Args)]
 struct FileArg {
-    /// Policy file (default: the daemon's configured policy).
-    #[arg(long, default_value = DEFAULT_POLICY_PATH)]
-    file: PathBuf,
+    /// Policy file (default: `policyPath` of the daemon's configuration: $DRIFTGUARD_CONFIG,
+    /// else /etc/driftguard/config.yaml when it exists; else /etc/driftguard/policy.yaml).
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+impl FileArg {
+    /// `--file`, else the configured policy path.
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(file) = &self.file {
+            return Ok(file.clone());
+        }
+        let config = Config::resolve(None)
+            .context("finding the policy file (hint: pass --file FILE to name it)")?;
+        Ok(config.policy_path)
+    }
 }
 
 /// Rule fields shared by `add` and `edit`.
@@ -200,6 +219,9 @@ struct OptionsArgs {
     /// Treatment of new or modified files on volumes.
     #[arg(long, value_enum)]
     volume_files: Option<TreatmentArg>,
+    /// Treatment of the image's dynamic loader run directly with an image program.
+    #[arg(long, value_enum)]
+    direct_loader: Option<TreatmentArg>,
     /// Behaviour when the supervisor cannot decide.
     #[arg(long, value_enum)]
     failure_policy: Option<FailureArg>,
@@ -253,26 +275,26 @@ enum FailureArg {
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         PolicyCommand::Validate { file } => validate(&file),
-        PolicyCommand::Init { file, force } => init(&file.file, force),
-        PolicyCommand::List { file } => list(&load(&file.file)?),
-        PolicyCommand::Show { name, file } => show(&load(&file.file)?, &name),
+        PolicyCommand::Init { file, force } => init(&file.path()?, force),
+        PolicyCommand::List { file } => list(&load(&file.path()?)?),
+        PolicyCommand::Show { name, file } => show(&load(&file.path()?)?, &name),
         PolicyCommand::Add {
             name,
             action,
             position,
             fields,
             file,
-        } => add(&file.file, &name, action.into(), position, fields),
+        } => add(&file.path()?, &name, action.into(), position, fields),
         PolicyCommand::Edit(args) => edit(args),
         PolicyCommand::Duplicate {
             name,
             new_name,
             file,
-        } => change(&file.file, |p| {
+        } => change(&file.path()?, |p| {
             p.duplicate_rule(&name, &new_name)?;
             Ok(format!("rule `{new_name}` copied from `{name}`"))
         }),
-        PolicyCommand::Delete { name, file } => change(&file.file, |p| {
+        PolicyCommand::Delete { name, file } => change(&file.path()?, |p| {
             p.delete_rule(&name)?;
             Ok(format!("rule `{name}` deleted"))
         }),
@@ -282,18 +304,21 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Loads a policy; the error's own text is complete (file, line, cause), so its causes are not
+/// repeated after it.
 fn load(path: &Path) -> anyhow::Result<Policy> {
-    Ok(Policy::load(path)?)
+    Policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     match Policy::load(path) {
         Ok(p) => {
+            let rules = p.rules().len();
+            let noun = if rules == 1 { "rule" } else { "rules" };
             println!(
-                "{}: valid policy `{}` with {} rules above the default rule",
+                "{}: valid policy `{}` with {rules} {noun} above the default rule",
                 path.display(),
                 p.name(),
-                p.rules().len()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -445,7 +470,7 @@ fn edit(args: EditArgs) -> anyhow::Result<ExitCode> {
         remove_allow: args.disallow,
     };
     let name = args.name;
-    change(&args.file.file, |p| {
+    change(&args.file.path()?, |p| {
         p.edit_rule(&name, edit)?;
         Ok(format!("rule `{name}` updated"))
     })
@@ -459,14 +484,14 @@ fn move_rule(args: MoveArgs) -> anyhow::Result<ExitCode> {
         (None, false, false) => bail!("give --to N, --up or --down"),
     };
     let name = args.name;
-    change(&args.file.file, |p| {
+    change(&args.file.path()?, |p| {
         let pos = p.move_rule(&name, to)?;
         Ok(format!("rule `{name}` now at position {pos}"))
     })
 }
 
 fn options(args: OptionsArgs) -> anyhow::Result<ExitCode> {
-    change(&args.file.file, |p| {
+    change(&args.file.path()?, |p| {
         let mut o = p.options();
         if let Some(t) = args.mode_drift {
             o.mode_drift = t.into();
@@ -476,6 +501,9 @@ fn options(args: OptionsArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(t) = args.volume_files {
             o.volume_files = t.into();
+        }
+        if let Some(t) = args.direct_loader {
+            o.direct_loader = t.into();
         }
         if let Some(f) = args.failure_policy {
             o.failure_policy = match f {
@@ -549,17 +577,7 @@ fn list(policy: &Policy) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
-    let o = policy.options();
-    println!(
-        "\noptions: modeDrift={} relocatedImageBinaries={} volumeFiles={} failurePolicy={}",
-        o.mode_drift,
-        o.relocated_image_binaries,
-        o.volume_files,
-        match o.failure_policy {
-            FailurePolicy::Closed => "closed",
-            FailurePolicy::Open => "open",
-        }
-    );
+    println!("\noptions: {}", policy.options());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -616,7 +634,7 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let policy = load(&args.file.file)?;
+    let policy = load(&args.file.path()?)?;
     let scope = Scope {
         cluster: args.cluster,
         namespace: args.namespace,
