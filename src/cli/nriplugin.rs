@@ -207,11 +207,10 @@ impl ConfigureHook for FromConfig {
         let config = if runtime_config.trim().is_empty() {
             self.fallback.clone()?
         } else {
-            Config::from_yaml(
-                runtime_config,
-                "the runtime's plugin configuration (conf.d)",
-            )
-            .map_err(|e| format!("{e:#}"))?
+            let origin = "the runtime's plugin configuration (conf.d)";
+            let config = Config::from_yaml(runtime_config, origin).map_err(|e| format!("{e:#}"))?;
+            config.validate(origin).map_err(|e| format!("{e:#}"))?;
+            config
         };
         if let Some(log) = &self.log {
             log.open_in(&config.state_dir);
