@@ -78,6 +78,14 @@ pub async fn run(config: Config) -> Result<()> {
         &served,
     )
     .await?;
+    if served.is_finished() {
+        // The supervisor could not start (another one serves the socket, say): nothing else
+        // starts, NRI included.
+        return served
+            .await
+            .context("supervisor task")?
+            .context("supervisor");
+    }
 
     let nri = if config.nri.enabled {
         Some(start_nri(&config, &store, &cancel))

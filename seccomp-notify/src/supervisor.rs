@@ -103,6 +103,14 @@ pub enum SupervisorError {
         /// The error.
         source: std::io::Error,
     },
+    /// Another supervisor serves this socket (it holds the lock file).
+    #[error("another supervisor already serves {socket} (it holds {lock}); stop it first")]
+    AlreadyRunning {
+        /// The hand-off socket.
+        socket: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
 }
 
 struct Shared {
@@ -168,9 +176,14 @@ impl Supervisor {
         let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)
             .map_err(|err| SupervisorError::Kernel(err.into()))?;
         let _ = self.shared.stop.set(stop);
-        let (listener, kept) = self.shared.hand_off_listener().await?;
+        // Held until this function returns (the kernel drops it if the process dies).
+        let _lock = lock_instance(&self.shared.config.socket_path)?;
+        let (listener, kept, stale) = self.shared.hand_off_listener().await?;
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
             self.shared.clone().recover(holder_socket).await;
+        }
+        if let Some(stale) = stale {
+            self.shared.drain(stale);
         }
         let alive_socket = alive_path(&self.shared.config.socket_path);
         let alive = bind(&alive_socket)?;
@@ -213,7 +226,7 @@ pub fn alive_path(socket_path: &Path) -> PathBuf {
 }
 
 /// Takes over the holder's listener when `path` still names the socket it was bound to.
-fn reuse_listener(path: &Path, kept: holder::KeptListener) -> Result<UnixListener, String> {
+fn reuse_listener(path: &Path, kept: &holder::KeptListener) -> Result<UnixListener, String> {
     if Path::new(&kept.path) != path {
         return Err(format!("it was bound to {}", kept.path));
     }
@@ -226,11 +239,49 @@ fn reuse_listener(path: &Path, kept: holder::KeptListener) -> Result<UnixListene
         Ok(true) => {}
         _ => return Err("it is not a listening socket".into()),
     }
-    let listener = std::os::unix::net::UnixListener::from(kept.fd);
+    let fd = kept.fd.try_clone().map_err(|err| err.to_string())?;
+    let listener = std::os::unix::net::UnixListener::from(fd);
     listener
         .set_nonblocking(true)
         .map_err(|err| err.to_string())?;
     UnixListener::from_std(listener).map_err(|err| err.to_string())
+}
+
+/// Takes `<socket_path>.lock` (`flock`, exclusive): one supervisor per socket. A second one
+/// would take the holder's listener and fds from the first and, when it stops, remove the
+/// liveness socket the first still serves.
+fn lock_instance(socket_path: &Path) -> Result<OwnedFd, SupervisorError> {
+    let mut name = socket_path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let fail = |source| SupervisorError::Socket {
+        path: lock.clone(),
+        source,
+    };
+    socket_dir(socket_path).map_err(fail)?;
+    let fd = rustix::fs::open(
+        &lock,
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| fail(e.into()))?;
+    match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SupervisorError::AlreadyRunning {
+            socket: socket_path.to_path_buf(),
+            lock,
+        }),
+        Err(err) => Err(fail(err.into())),
+    }
+}
+
+/// Creates the socket's directory, root-only.
+fn socket_dir(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, SupervisorError> {
@@ -238,10 +289,7 @@ fn bind(path: &Path) -> Result<UnixListener, SupervisorError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
-    }
+    socket_dir(path).map_err(fail)?;
     match std::fs::remove_file(path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(fail(err)),
         _ => {}
@@ -252,21 +300,29 @@ fn bind(path: &Path) -> Result<UnixListener, SupervisorError> {
 }
 
 impl Shared {
-    /// The hand-off listener and whether the fd holder keeps a copy of it.
-    async fn hand_off_listener(&self) -> Result<(UnixListener, bool), SupervisorError> {
+    /// The hand-off listener, whether the fd holder keeps a copy of it, and the holder's
+    /// previous listener when its path names another file now (what waits in its backlog is
+    /// still served, see [`Shared::drain`]).
+    async fn hand_off_listener(
+        &self,
+    ) -> Result<(UnixListener, bool, Option<OwnedFd>), SupervisorError> {
         let path = self.config.socket_path.clone();
         let Some(holder_socket) = self.config.holder_socket.clone() else {
-            return Ok((bind(&path)?, false));
+            return Ok((bind(&path)?, false, None));
         };
         let asked = holder_socket.clone();
+        let mut stale = None;
         match tokio::task::spawn_blocking(move || holder::take_listener(&asked)).await {
-            Ok(Ok(Some(kept))) => match reuse_listener(&path, kept) {
+            Ok(Ok(Some(kept))) => match reuse_listener(&path, &kept) {
                 Ok(listener) => {
                     info!(socket = %path.display(), "hand-off listener taken back from the fd holder");
-                    return Ok((listener, true));
+                    return Ok((listener, true, None));
                 }
-                Err(reason) => info!(socket = %path.display(), %reason,
-                                     "not reusing the fd holder's hand-off listener"),
+                Err(reason) => {
+                    info!(socket = %path.display(), %reason,
+                          "not reusing the fd holder's hand-off listener");
+                    stale = Some(kept.fd);
+                }
             },
             Ok(Ok(None)) => {}
             Ok(Err(err)) => warn!(error = %err,
@@ -293,13 +349,48 @@ impl Shared {
             (Err(err), _) | (_, Err(err)) => Err(err),
         };
         match kept {
-            Ok(()) => Ok((listener, true)),
+            Ok(()) => Ok((listener, true, stale)),
             Err(err) => {
                 warn!(error = %err,
                       "fd holder did not keep the hand-off listener; runtimes cannot hand off while no supervisor runs");
-                Ok((listener, false))
+                Ok((listener, false, stale))
             }
         }
+    }
+
+    /// Accepts and serves every hand-off waiting in the backlog of a listener that is no longer
+    /// used (its socket file was removed or replaced while no supervisor ran), then closes it.
+    fn drain(self: &Arc<Self>, stale: OwnedFd) {
+        let _ = rustix::io::ioctl_fionbio(&stale, true);
+        let mut served = 0;
+        loop {
+            match rustix::net::accept_with(&stale, rustix::net::SocketFlags::CLOEXEC) {
+                Ok(conn) => {
+                    let stream = std::os::unix::net::UnixStream::from(conn);
+                    let stream = stream
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::UnixStream::from_std(stream));
+                    match stream {
+                        Ok(stream) => {
+                            served += 1;
+                            let shared = self.clone();
+                            tokio::spawn(async move { shared.accept(stream).await });
+                        }
+                        Err(err) => warn!(error = %err, "a waiting hand-off was lost"),
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => {
+                    warn!(error = %err, "draining the previous hand-off listener failed");
+                    break;
+                }
+            }
+        }
+        info!(
+            hand_offs = served,
+            "previous hand-off listener drained and closed"
+        );
     }
 
     async fn accept(self: Arc<Self>, stream: tokio::net::UnixStream) {

@@ -4,7 +4,9 @@
 //!   drift is still denied afterwards;
 //! - `runc exec` into a running container while no supervisor runs (stopped with SIGTERM, as in
 //!   an upgrade) waits for the next supervisor instead of failing, because the holder keeps the
-//!   hand-off listener.
+//!   hand-off listener; also when the socket file is removed meanwhile (the next supervisor
+//!   binds a new socket and still serves what waited in the old one);
+//! - a second supervisor on the same socket is refused while the first runs.
 //!
 //! The supervisor runs as a separate process: this test binary re-executed with
 //! `DG_CHILD_SUPERVISOR` set runs only [`child_supervisor`], which serves until SIGTERM or
@@ -208,4 +210,101 @@ async fn runc_exec_while_no_supervisor_runs_waits_for_the_next_one() {
     assert!(out.status.success(), "runc exec failed:\n{output}");
     support::expect_line(&output, "img-rc=0");
     support::expect_line(&output, "drift-rc=126");
+}
+
+/// Starts a container under a supervisor, stops the supervisor with SIGTERM, and starts a
+/// `runc exec` that must wait; `between` runs before the next supervisor starts. The exec must
+/// then run its image binary and have its drift denied.
+async fn exec_across_a_stop(between: impl FnOnce(&std::path::Path)) {
+    let runc = support::runc("1.1.5").expect("runc");
+    let dir = tempfile::Builder::new()
+        .prefix("dg-restart-")
+        .tempdir()
+        .expect("tempdir");
+    start_holder(dir.path()).await;
+    let mut first = spawn_supervisor(dir.path());
+    let socket = dir.path().join("run/supervisor.sock");
+    let bundle = Bundle::new(&runc, &socket, &["/bin/sleep", "120"]).expect("bundle");
+    let bundle = blocking(move || bundle.start_detached().map(|()| bundle))
+        .await
+        .expect("container started");
+    let pid = rustix::process::Pid::from_raw(first.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    first.wait().expect("reap");
+    let script = "/bin/true; echo img-rc=$?; cp /bin/busybox /root/x; echo x >> /root/x; \
+                  chmod 755 /root/x; /root/x true; echo drift-rc=$?";
+    let exec = tokio::task::spawn_blocking(move || {
+        let out = bundle.exec(&["/bin/sh", "-c", script]);
+        drop(bundle);
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !exec.is_finished(),
+        "runc exec ended while no supervisor ran"
+    );
+    between(&socket);
+    let mut second = blocking({
+        let dir = dir.path().to_path_buf();
+        move || spawn_supervisor(&dir)
+    })
+    .await;
+    let out = tokio::time::timeout(Duration::from_secs(60), exec)
+        .await
+        .expect("runc exec finished after the restart")
+        .expect("join")
+        .expect("runc exec");
+    second.kill().expect("kill second supervisor");
+    let _ = second.wait();
+    let output = text(&out);
+    assert!(out.status.success(), "runc exec failed:\n{output}");
+    support::expect_line(&output, "img-rc=0");
+    support::expect_line(&output, "drift-rc=126");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_that_waited_are_served_when_the_socket_file_was_removed() {
+    exec_across_a_stop(|socket| std::fs::remove_file(socket).expect("remove the socket file"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_supervisor_on_the_same_socket_is_refused() {
+    let dir = tempfile::Builder::new()
+        .prefix("dg-restart-")
+        .tempdir()
+        .expect("tempdir");
+    start_holder(dir.path()).await;
+    let first = Reaped(spawn_supervisor(dir.path()));
+    let socket = dir.path().join("run/supervisor.sock");
+    assert!(alive_path(&socket).exists(), "the first supervisor serves");
+    let policy = Policy::from_yaml(support::BLOCK_POLICY, "test-policy").expect("policy");
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = SupervisorConfig::new(socket.clone(), Some(dir.path().join("holder/holder.sock")));
+    let second = Supervisor::new(
+        config,
+        Arc::new(PolicyStore::new(policy)),
+        Arc::new(IndexCache::new(dir.path().join("index"))),
+        Arc::new(tx),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(10), second.run(std::future::pending()))
+        .await
+        .expect("the second supervisor returned");
+    let err = result.expect_err("a second supervisor must be refused");
+    assert!(err.to_string().contains("already serves"), "{err}");
+    assert!(
+        alive_path(&socket).exists(),
+        "the first supervisor still serves"
+    );
+    drop(first);
+}
+
+/// A supervisor child killed and reaped when dropped, also when the test fails first.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
