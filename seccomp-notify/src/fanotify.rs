@@ -48,10 +48,15 @@ const METADATA_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>()
 
 impl Group {
     /// Creates a non-blocking permission group (`FAN_CLASS_CONTENT`) that reports thread ids
-    /// (`FAN_REPORT_TID`).
+    /// (`FAN_REPORT_TID`), with no limit on its marks (`FAN_UNLIMITED_MARKS`): the per-user
+    /// limit (`fs.fanotify.max_user_marks`) is shared by every root fanotify user of the node,
+    /// and a container that makes thousands of mounts must not use it up for the others.
     pub fn new() -> io::Result<Group> {
-        let flags =
-            libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_TID;
+        let flags = libc::FAN_CLASS_CONTENT
+            | libc::FAN_CLOEXEC
+            | libc::FAN_NONBLOCK
+            | libc::FAN_REPORT_TID
+            | libc::FAN_UNLIMITED_MARKS;
         let event_flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_LARGEFILE) as libc::c_uint;
         // SAFETY: fanotify_init takes two flag words and returns a new fd or -1; no memory is
         // shared with the kernel.
