@@ -557,3 +557,48 @@ fn direct_loader_is_listed_and_set_and_one_rule_is_singular() {
     let out = ok(&["policy", "validate", &f]);
     assert!(out.contains("with 1 rule above"), "{out}");
 }
+
+#[test]
+fn events_follow_loses_nothing_across_rotations() {
+    let s = Scratch::new();
+    let path = s.0.join("events.jsonl");
+    let numbered = |n: u32| s.0.join(format!("events.jsonl.{n}"));
+    let line = |pid: u32| format!("{{\"time\":\"t\",\"pid\":{pid}}}\n");
+    let append = |from: u32, to: u32| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
+        for pid in from..=to {
+            f.write_all(line(pid).as_bytes()).expect("write");
+        }
+    };
+    append(1, 3);
+    let f = path.display().to_string();
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        .args(["events", "--file", &f, "-n", "10", "--json", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("follow");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Two rotations inside one of the follower's sleeps, with lines written before each.
+    append(4, 5);
+    std::fs::rename(&path, numbered(1)).expect("rotate");
+    append(6, 8);
+    std::fs::rename(numbered(1), numbered(2)).expect("rotate .1");
+    std::fs::rename(&path, numbered(1)).expect("rotate");
+    append(9, 10);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    append(11, 11);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    follower.kill().expect("stop the follower");
+    let out = follower.wait_with_output().expect("output");
+    let pids: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["pid"].as_u64())
+        .collect();
+    assert_eq!(pids, (1..=11).collect::<Vec<u64>>());
+}

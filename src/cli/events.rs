@@ -1,8 +1,10 @@
 //! `driftguard events`: show recent alerts from the daemon's JSON lines file.
 //!
 //! The file is read from its end, so showing the last lines of a large file costs only those
-//! lines. `--follow` polls the file for appended lines (and starts over when it is truncated
-//! or replaced by rotation). Lines that are not alerts are shown raw, never dropped.
+//! lines. `--follow` polls the file for appended lines. When the file is replaced by rotation,
+//! it prints the rest of the old file first, then the rotated files it slept through, then the
+//! new file from its start; when it is truncated in place, it starts over. Lines that are not
+//! alerts are shown raw, never dropped.
 //!
 //! Limits: following polls every 500 ms rather than using inotify.
 
@@ -72,33 +74,78 @@ fn last_lines(file: &mut File, n: usize) -> anyhow::Result<Vec<String>> {
 }
 
 fn follow(path: &Path, file: File, json: bool) -> anyhow::Result<()> {
-    let mut ino = file.metadata()?.ino();
-    let mut reader = BufReader::new(file);
-    let mut pending = String::new();
+    let mut current = Followed::new(file)?;
     loop {
-        let mut chunk = String::new();
-        let read = reader.read_line(&mut chunk)?;
-        if read > 0 {
-            pending.push_str(&chunk);
-            if pending.ends_with('\n') {
-                print_line(pending.trim_end(), json);
-                pending.clear();
-            }
-            continue;
-        }
+        current.print_new(json)?;
         std::thread::sleep(Duration::from_millis(500));
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        if meta.ino() != current.ino {
+            // Rotated: the rest of the old file (written before it was renamed), then any file
+            // rotated in between, oldest first, then the new file from its start.
+            current.print_new(json)?;
+            for between in rotated_since(path, current.ino) {
+                if let Ok(file) = File::open(&between) {
+                    Followed::new(file)?.print_new(json)?;
+                }
+            }
+            current = Followed::new(File::open(path)?)?;
+        } else if meta.len() < current.reader.stream_position()? {
+            // Truncated in place (copy-truncate): start over.
+            current = Followed::new(File::open(path)?)?;
+        }
+    }
+}
 
-        // Start over when the file was truncated or replaced (rotation).
-        let pos = reader.stream_position()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.ino() != ino || meta.len() < pos {
-                let file = File::open(path)?;
-                ino = file.metadata()?.ino();
-                reader = BufReader::new(file);
-                pending.clear();
+/// A file being followed: where it was read up to, and a line not yet complete.
+struct Followed {
+    ino: u64,
+    reader: BufReader<File>,
+    pending: String,
+}
+
+impl Followed {
+    fn new(file: File) -> anyhow::Result<Followed> {
+        Ok(Followed {
+            ino: file.metadata()?.ino(),
+            reader: BufReader::new(file),
+            pending: String::new(),
+        })
+    }
+
+    /// Prints every complete line up to the end of the file.
+    fn print_new(&mut self, json: bool) -> anyhow::Result<()> {
+        loop {
+            let mut chunk = String::new();
+            if self.reader.read_line(&mut chunk)? == 0 {
+                return Ok(());
+            }
+            self.pending.push_str(&chunk);
+            if self.pending.ends_with('\n') {
+                print_line(self.pending.trim_end(), json);
+                self.pending.clear();
             }
         }
     }
+}
+
+/// The rotated files (`FILE.1`, `FILE.2`, …) newer than the one with inode `old`, oldest first:
+/// those a follower slept through. When `old` is gone too, all of them.
+fn rotated_since(path: &Path, old: u64) -> Vec<PathBuf> {
+    let mut newer = Vec::new();
+    for n in 1.. {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let rotated = PathBuf::from(name);
+        match std::fs::metadata(&rotated) {
+            Ok(meta) if meta.ino() == old => break,
+            Ok(_) => newer.push(rotated),
+            Err(_) => break,
+        }
+    }
+    newer.reverse();
+    newer
 }
 
 fn print_line(line: &str, json: bool) {
