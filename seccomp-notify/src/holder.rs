@@ -12,7 +12,10 @@
 //! - `{"op":"keeplistener","path":P,"dev":D,"ino":I}` + the supervisor's listening hand-off
 //!   socket → `{"op":"ok"}` (replaces any listener kept before);
 //! - `{"op":"takelistener"}` → `{"op":"listener",…}` + a duplicate of the kept listener, or
-//!   `{"op":"end","count":0}` when none is kept.
+//!   `{"op":"end","count":0}` when none is kept;
+//! - `{"op":"status"}` → `{"op":"instance","id":…,"count":N}`: an id that differs for every
+//!   holder process, so a supervisor can tell that the holder was restarted (and lost what it
+//!   held) even when its socket file got the same inode number.
 //!
 //! Keeping the listening socket is what lets a runtime hand off while no supervisor runs: a
 //! `runc exec` (an exec probe, `kubectl exec`) connects and sends its notify fd into the
@@ -21,6 +24,9 @@
 //!
 //! The holder never reads from a notify fd: it polls them for `POLLHUP` only and drops an fd
 //! when no task uses its filter any more. Peers must be root.
+//!
+//! A holder restarted while the supervisor runs is given everything again by the supervisor
+//! (it polls `status`); see `Supervisor::run`.
 //!
 //! Limits: the holder itself is a single point: if it dies while the supervisor is also down,
 //! the fds are lost, and so are the hand-offs waiting in the kept listener's backlog (the
@@ -57,6 +63,8 @@ enum Message {
     KeepListener { path: String, dev: u64, ino: u64 },
     TakeListener,
     Listener { path: String, dev: u64, ino: u64 },
+    Status,
+    Instance { id: String, count: usize },
     Ok,
     Error { reason: String },
 }
@@ -199,6 +207,18 @@ pub fn take_listener(path: &Path) -> io::Result<Option<KeptListener>> {
     }
 }
 
+/// The id of the holder process answering on `path` (see the module documentation).
+pub fn instance(path: &Path) -> io::Result<String> {
+    let socket = connect(path)?;
+    send(&socket, &Message::Status, None)?;
+    match recv(&socket)? {
+        Some((Message::Instance { id, .. }, _)) => Ok(id),
+        other => Err(io::Error::other(format!(
+            "unexpected holder reply {other:?}"
+        ))),
+    }
+}
+
 /// Whether a holder answers on `path` (connects and closes, which the holder ignores).
 pub fn is_running(path: &Path) -> bool {
     connect(path).is_ok()
@@ -208,6 +228,11 @@ pub fn is_running(path: &Path) -> bool {
 pub fn run_holder(path: &Path) -> io::Result<()> {
     let listener = bind_seqpacket(path)?;
     info!(socket = %path.display(), "fd holder listening");
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let instance = format!("{}-{started}", std::process::id());
     let mut held: Vec<Held> = Vec::new();
     // Never polled: pending hand-offs in its backlog are for the next supervisor.
     let mut kept: Option<KeptListener> = None;
@@ -229,7 +254,7 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
             held.swap_remove(index);
         }
         if accept_ready {
-            if let Err(err) = serve_client(&listener, &mut held, &mut kept) {
+            if let Err(err) = serve_client(&listener, &instance, &mut held, &mut kept) {
                 warn!(error = %err, "fd holder client failed");
             }
         }
@@ -259,6 +284,7 @@ fn bind_seqpacket(path: &Path) -> io::Result<OwnedFd> {
 
 fn serve_client(
     listener: &OwnedFd,
+    instance: &str,
     held: &mut Vec<Held>,
     kept: &mut Option<KeptListener>,
 ) -> io::Result<()> {
@@ -306,6 +332,13 @@ fn serve_client(
             }
             None => send(&client, &Message::End { count: 0 }, None),
         },
+        Some((Message::Status, _)) => {
+            let message = Message::Instance {
+                id: instance.to_string(),
+                count: held.len(),
+            };
+            send(&client, &message, None)
+        }
         // A client that connects and closes (a liveness probe) gets nothing.
         None => Ok(()),
         other => {
@@ -365,5 +398,7 @@ mod tests {
         );
         // Taking it leaves the holder's copy in place for the next supervisor.
         assert!(take_listener(&path).expect("take again").is_some());
+        let id = instance(&path).expect("status");
+        assert_eq!(instance(&path).expect("status"), id, "one process, one id");
     }
 }

@@ -125,6 +125,11 @@ struct Shared {
     /// An eventfd, set when the supervisor runs and readable once it stops: every serving
     /// thread polls it too.
     stop: OnceLock<OwnedFd>,
+    /// Every notify fd being served, with its hand-off JSON: what a restarted fd holder is
+    /// given again.
+    served: Mutex<Vec<(Vec<u8>, Weak<OwnedFd>)>>,
+    /// The hand-off listener as the holder keeps it (when it does).
+    listener_kept: Mutex<Option<holder::KeptListener>>,
 }
 
 /// The exec supervisor.
@@ -150,6 +155,8 @@ impl Supervisor {
             containers: Mutex::new(HashMap::new()),
             stats: Arc::new(DecisionStats::default()),
             stop: OnceLock::new(),
+            served: Mutex::new(Vec::new()),
+            listener_kept: Mutex::new(None),
         };
         Supervisor {
             shared: Arc::new(shared),
@@ -185,6 +192,9 @@ impl Supervisor {
         if let Some(stale) = stale {
             self.shared.drain(stale);
         }
+        if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
+            tokio::spawn(self.shared.clone().resync_holder(holder_socket));
+        }
         let alive_socket = alive_path(&self.shared.config.socket_path);
         let alive = bind(&alive_socket)?;
         info!(socket = %self.shared.config.socket_path.display(), kept_by_holder = kept,
@@ -215,6 +225,13 @@ impl Supervisor {
         info!("supervisor stopped");
         Ok(())
     }
+}
+
+/// How often the supervisor looks whether the fd holder was restarted.
+const HOLDER_CHECK: Duration = Duration::from_secs(2);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The socket only a serving supervisor listens on: `<socket_path>.alive`. A runtime wrapper
@@ -316,6 +333,7 @@ impl Shared {
             Ok(Ok(Some(kept))) => match reuse_listener(&path, &kept) {
                 Ok(listener) => {
                     info!(socket = %path.display(), "hand-off listener taken back from the fd holder");
+                    *lock(&self.listener_kept) = Some(kept);
                     return Ok((listener, true, None));
                 }
                 Err(reason) => {
@@ -341,10 +359,13 @@ impl Shared {
                     ino: meta.ino(),
                     fd,
                 };
-                tokio::task::spawn_blocking(move || holder::keep_listener(&holder_socket, &kept))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r)
+                tokio::task::spawn_blocking(move || {
+                    holder::keep_listener(&holder_socket, &kept).map(|()| kept)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map(|kept| *lock(&self.listener_kept) = Some(kept))
             }
             (Err(err), _) | (_, Err(err)) => Err(err),
         };
@@ -356,6 +377,59 @@ impl Shared {
                 Ok((listener, false, stale))
             }
         }
+    }
+
+    /// Asks the fd holder for its process id every [`HOLDER_CHECK`]: a holder that was restarted
+    /// (another id) lost everything it held, so it is given every notify fd being served and the
+    /// hand-off listener again. Without this, the next supervisor stop would leave those
+    /// containers' execs failing with `ENOSYS`.
+    async fn resync_holder(self: Arc<Self>, holder_socket: PathBuf) {
+        let ask = |socket: PathBuf| async move {
+            tokio::task::spawn_blocking(move || holder::instance(&socket))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let mut known = ask(holder_socket.clone()).await;
+        let mut tick = tokio::time::interval(HOLDER_CHECK);
+        loop {
+            tick.tick().await;
+            let Some(now) = ask(holder_socket.clone()).await else {
+                continue;
+            };
+            if known.as_ref() == Some(&now) {
+                continue;
+            }
+            let shared = self.clone();
+            let socket = holder_socket.clone();
+            let given =
+                tokio::task::spawn_blocking(move || shared.give_holder_everything(&socket)).await;
+            match given {
+                Ok(Ok(count)) => {
+                    info!(
+                        notify_fds = count,
+                        "fd holder restarted; it holds every notify fd again"
+                    );
+                    known = Some(now);
+                }
+                Ok(Err(err)) => warn!(error = %err, "giving a restarted fd holder its fds failed"),
+                Err(err) => warn!(error = %err, "giving a restarted fd holder its fds failed"),
+            }
+        }
+    }
+
+    fn give_holder_everything(&self, holder_socket: &Path) -> std::io::Result<usize> {
+        if let Some(kept) = lock(&self.listener_kept).as_ref() {
+            holder::keep_listener(holder_socket, kept)?;
+        }
+        let served: Vec<(Vec<u8>, Arc<OwnedFd>)> = lock(&self.served)
+            .iter()
+            .filter_map(|(raw, fd)| fd.upgrade().map(|fd| (raw.clone(), fd)))
+            .collect();
+        for (raw, fd) in &served {
+            holder::put(holder_socket, raw, fd.try_clone()?)?;
+        }
+        Ok(served.len())
     }
 
     /// Accepts and serves every hand-off waiting in the backlog of a listener that is no longer
@@ -422,7 +496,7 @@ impl Shared {
                       "fd holder did not take the notify fd; a supervisor restart would break this container's execs");
             }
         }
-        self.serve(handoff.state, handoff.notify_fd);
+        self.serve(handoff.state, handoff.raw, handoff.notify_fd);
     }
 
     async fn recover(self: Arc<Self>, holder_socket: PathBuf) {
@@ -447,7 +521,7 @@ impl Shared {
             match serde_json::from_slice::<ProcessState>(&raw) {
                 Ok(state) => {
                     init_pids.extend(i32::try_from(state.state.pid).ok());
-                    self.clone().serve(state, fd);
+                    self.clone().serve(state, raw, fd);
                 }
                 Err(err) => warn!(error = %err, "fd holder returned an unreadable state"),
             }
@@ -483,7 +557,13 @@ impl Shared {
         container
     }
 
-    fn serve(self: Arc<Self>, state: ProcessState, fd: OwnedFd) {
+    fn serve(self: Arc<Self>, state: ProcessState, raw: Vec<u8>, fd: OwnedFd) {
+        let fd = Arc::new(fd);
+        {
+            let mut served = lock(&self.served);
+            served.retain(|(_, fd)| fd.strong_count() > 0);
+            served.push((raw, Arc::downgrade(&fd)));
+        }
         let container = self.container(&state);
         if let Some(gate) = &self.gate {
             gate.watch_logged(&container, &[state.pid, state.state.pid]);
@@ -503,7 +583,7 @@ impl Shared {
                 if let Some(memfd) = &self.memfd {
                     memfd.apply(&container, self.decider.as_ref(), &pids);
                 }
-                if let Err(err) = self.serve_fd(&runtime, &container, Arc::new(fd)) {
+                if let Err(err) = self.serve_fd(&runtime, &container, fd) {
                     warn!(container_id = %container.id, error = %err, "notify fd loop ended");
                 }
             });

@@ -6,7 +6,9 @@
 //!   an upgrade) waits for the next supervisor instead of failing, because the holder keeps the
 //!   hand-off listener; also when the socket file is removed meanwhile (the next supervisor
 //!   binds a new socket and still serves what waited in the old one);
-//! - a second supervisor on the same socket is refused while the first runs.
+//! - a second supervisor on the same socket is refused while the first runs;
+//! - the fd holder is restarted while the supervisor runs: the supervisor gives the new holder
+//!   every notify fd again, so a later kill -9 of the supervisor still loses no exec.
 //!
 //! The supervisor runs as a separate process: this test binary re-executed with
 //! `DG_CHILD_SUPERVISOR` set runs only [`child_supervisor`], which serves until SIGTERM or
@@ -25,6 +27,39 @@ use driftguard_seccomp::{alive_path, Supervisor, SupervisorConfig};
 use support::{blocking, text, Bundle};
 
 const CHILD_ENV: &str = "DG_CHILD_SUPERVISOR";
+const HOLDER_ENV: &str = "DG_CHILD_HOLDER";
+
+/// Entry of an fd holder child process; does nothing in a normal test run.
+#[test]
+fn child_holder() {
+    if let Some(path) = std::env::var_os(HOLDER_ENV).map(PathBuf::from) {
+        let _ = driftguard_seccomp::holder::run_holder(&path);
+    }
+}
+
+/// An fd holder in a process of its own (so it can be killed), serving once its socket file
+/// is a new one.
+fn spawn_holder(dir: &std::path::Path) -> Reaped {
+    use std::os::unix::fs::MetadataExt;
+    let socket = dir.join("holder/holder.sock");
+    let before = std::fs::metadata(&socket).ok().map(|m| m.ino());
+    let me = std::env::current_exe().expect("test binary");
+    let child = Command::new(me)
+        .args(["--exact", "child_holder", "--nocapture", "--test-threads=1"])
+        .env(HOLDER_ENV, &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn holder");
+    for _ in 0..500 {
+        let now = std::fs::metadata(&socket).ok().map(|m| m.ino());
+        if now.is_some() && now != before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Reaped(child)
+}
 
 /// Entry of the supervisor child process; does nothing in a normal test run.
 #[test]
@@ -307,4 +342,63 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_holder_is_given_every_fd_again() {
+    let runc = support::runc("1.1.5").expect("runc");
+    let dir = tempfile::Builder::new()
+        .prefix("dg-restart-")
+        .tempdir()
+        .expect("tempdir");
+    let first_holder = spawn_holder(dir.path());
+    let mut supervisor = Reaped(spawn_supervisor(dir.path()));
+    let socket = dir.path().join("run/supervisor.sock");
+    let bundle = Bundle::new(&runc, &socket, &["/bin/sh", "-c", LOOP_SCRIPT]).expect("bundle");
+    let marker = bundle.rootfs().join("restarted");
+    let container = tokio::task::spawn_blocking(move || {
+        let out = bundle.run();
+        drop(bundle);
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // The holder is restarted (an upgrade of the holder) while the supervisor serves.
+    drop(first_holder);
+    let _second_holder = blocking({
+        let dir = dir.path().to_path_buf();
+        move || spawn_holder(&dir)
+    })
+    .await;
+    // The supervisor looks every 2 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+
+    // Now the supervisor dies: only the new holder has the container's notify fd.
+    drop(supervisor);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    supervisor = Reaped(
+        blocking({
+            let dir = dir.path().to_path_buf();
+            move || spawn_supervisor(&dir)
+        })
+        .await,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&marker, b"").expect("marker");
+    let out = tokio::time::timeout(Duration::from_secs(60), container)
+        .await
+        .expect("container finished")
+        .expect("join")
+        .expect("runc run");
+    drop(supervisor);
+    let output = text(&out);
+    assert!(
+        !output.contains("LOOPFAIL") && !output.contains("failed status"),
+        "an exec failed after the holder restart:\n{output}"
+    );
+    assert!(output.contains("loop done failed=0"), "{output}");
+    assert!(
+        output.lines().any(|l| l.trim() == "drift-rc=126"),
+        "drift not denied after the restarts:\n{output}"
+    );
 }
