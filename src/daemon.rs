@@ -32,6 +32,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 
+/// How long the daemon waits for its supervisor to serve (taking back a holder's fds included).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long shutdown waits for the NRI plugin and for queued alerts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -69,22 +72,28 @@ pub async fn run(config: Config) -> Result<()> {
             node,
         }),
     );
+    let mut ready = supervisor.ready();
     let served = tokio::spawn({
         let cancel = cancel.clone();
         async move { supervisor.run(cancel.cancelled_owned()).await }
     });
-    wait_for_socket(
-        &driftguard_seccomp::alive_path(&config.supervisor_socket),
-        &served,
-    )
-    .await?;
-    if served.is_finished() {
-        // The supervisor could not start (another one serves the socket, say): nothing else
-        // starts, NRI included.
-        return served
-            .await
-            .context("supervisor task")?
-            .context("supervisor");
+    // Ready means this process's supervisor serves: a liveness socket of another daemon (or
+    // one a killed daemon left) must not count. An error ends the wait as well.
+    match tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|serving| *serving)).await {
+        Err(_) => anyhow::bail!(
+            "the supervisor did not start serving {} within {READY_TIMEOUT:?}",
+            config.supervisor_socket.display()
+        ),
+        // It stopped before serving (another one serves the socket, say): nothing else starts,
+        // NRI included.
+        Ok(Err(_)) => {
+            served
+                .await
+                .context("supervisor task")?
+                .context("supervisor")?;
+            anyhow::bail!("the supervisor stopped before it served")
+        }
+        Ok(Ok(_)) => {}
     }
 
     let nri = if config.nri.enabled {
@@ -151,11 +160,22 @@ fn supervisor_config(config: &Config) -> SupervisorConfig {
 /// records its pid in `<stateDir>/fd-holder.pid`.
 fn ensure_holder(config: &Config) -> Result<()> {
     let socket = &config.holder_socket;
+    std::fs::create_dir_all(&config.state_dir)?;
+    // Two daemons starting at once must not both start a holder: the check and the start
+    // happen under a lock (released when this function returns or the process dies).
+    let lock_path = config.state_dir.join("fd-holder.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     if driftguard_seccomp::holder::is_running(socket) {
         info!(socket = %socket.display(), "fd holder already running");
         return Ok(());
     }
-    std::fs::create_dir_all(&config.state_dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,19 +205,6 @@ fn ensure_holder(config: &Config) -> Result<()> {
         child.id(),
         socket.display()
     )
-}
-
-async fn wait_for_socket(
-    socket: &Path,
-    served: &tokio::task::JoinHandle<Result<(), driftguard_seccomp::SupervisorError>>,
-) -> Result<()> {
-    for _ in 0..250 {
-        if served.is_finished() || socket.exists() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("the supervisor did not open {}", socket.display())
 }
 
 fn start_nri(

@@ -392,3 +392,43 @@ fn kubernetes_daemonsets_mount_what_the_agent_needs_at_the_node_paths() {
     let cm = &manifests("configmap.yaml")[0];
     assert_eq!(str_at(cm, "/metadata/namespace"), "driftguard");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_socket_exits_and_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        private_config(dir.path(), "metricsAddress: \"\"\n", ""),
+    )
+    .expect("write");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        .args(["daemon", "--config"])
+        .arg(&file)
+        .env_remove("DRIFTGUARD_CONFIG")
+        .env_remove("NRI_PLUGIN_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the first daemon");
+    let alive = dir.path().join("s.sock.alive");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !alive.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (refused, err) = daemon_with(&file);
+    let first_runs = first.try_wait().expect("wait").is_none();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(
+        alive.exists() || !first_runs,
+        "the first daemon never served"
+    );
+    assert!(refused, "a second daemon kept running: {err}");
+    assert!(err.contains("already serves"), "{err}");
+    assert!(
+        !err.contains("daemon running") && !err.contains("nri"),
+        "the second daemon started more than its supervisor: {err}"
+    );
+    assert!(first_runs, "the first daemon stopped");
+}

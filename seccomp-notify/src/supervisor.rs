@@ -135,6 +135,7 @@ struct Shared {
 /// The exec supervisor.
 pub struct Supervisor {
     shared: Arc<Shared>,
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Supervisor {
@@ -160,7 +161,15 @@ impl Supervisor {
         };
         Supervisor {
             shared: Arc::new(shared),
+            ready: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Becomes `true` once this supervisor serves (its liveness socket listens); the sender is
+    /// dropped when [`Supervisor::run`] returns. Another process's liveness socket, or one a
+    /// killed supervisor left behind, says nothing about this one.
+    pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// Decision-time statistics, live.
@@ -185,6 +194,15 @@ impl Supervisor {
         let _ = self.shared.stop.set(stop);
         // Held until this function returns (the kernel drops it if the process dies).
         let _lock = lock_instance(&self.shared.config.socket_path)?;
+        // The holder's id before anything is taken from it: a holder restarted from here on is
+        // seen as new by the re-sync below and given everything.
+        let holder_id = match self.shared.config.holder_socket.clone() {
+            Some(socket) => tokio::task::spawn_blocking(move || holder::instance(&socket))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
         let (listener, kept, stale) = self.shared.hand_off_listener().await?;
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
             self.shared.clone().recover(holder_socket).await;
@@ -193,10 +211,11 @@ impl Supervisor {
             self.shared.drain(stale);
         }
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
-            tokio::spawn(self.shared.clone().resync_holder(holder_socket));
+            tokio::spawn(self.shared.clone().resync_holder(holder_socket, holder_id));
         }
         let alive_socket = alive_path(&self.shared.config.socket_path);
         let alive = bind(&alive_socket)?;
+        self.ready.send_replace(true);
         info!(socket = %self.shared.config.socket_path.display(), kept_by_holder = kept,
               "supervisor listening");
         tokio::pin!(shutdown);
@@ -383,14 +402,14 @@ impl Shared {
     /// (another id) lost everything it held, so it is given every notify fd being served and the
     /// hand-off listener again. Without this, the next supervisor stop would leave those
     /// containers' execs failing with `ENOSYS`.
-    async fn resync_holder(self: Arc<Self>, holder_socket: PathBuf) {
+    async fn resync_holder(self: Arc<Self>, holder_socket: PathBuf, known: Option<String>) {
         let ask = |socket: PathBuf| async move {
             tokio::task::spawn_blocking(move || holder::instance(&socket))
                 .await
                 .ok()
                 .and_then(Result::ok)
         };
-        let mut known = ask(holder_socket.clone()).await;
+        let mut known = known;
         let mut tick = tokio::time::interval(HOLDER_CHECK);
         loop {
             tick.tick().await;
