@@ -89,23 +89,6 @@ use crate::fanotify::{Group, MarkKind, PermissionEvent};
 use crate::resolve::{self, Caller, Lookup, Opened};
 use crate::supervisor::SupervisorConfig;
 
-/// Filesystem types from which nothing can be executed.
-const PSEUDO_FS: [&str; 13] = [
-    "proc",
-    "sysfs",
-    "cgroup",
-    "cgroup2",
-    "devpts",
-    "mqueue",
-    "securityfs",
-    "debugfs",
-    "tracefs",
-    "bpf",
-    "configfs",
-    "pstore",
-    "fusectl",
-];
-
 /// Why the gate could not start or watch a container.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -847,131 +830,16 @@ fn in_container(container: &Container, ns: u64, mountinfo: &str) -> Result<(), &
     }
 }
 
-/// Devices of every filesystem mounted outside containers: in the daemon's own mount table and
-/// in that of the host's init (they differ when the daemon runs in a pod with the host's pid
-/// namespace). An unreadable table adds nothing.
-fn host_devices() -> HashSet<String> {
-    ["/proc/self/mountinfo", "/proc/1/mountinfo"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|text| parse_mountinfo(&text))
-        .map(|mount| mount.dev)
-        .collect()
-}
-
-/// One process of each mount namespace other than `own` that has processes in the pid
-/// namespace `pid_ns` (all of the host's processes are listed in `/proc` of the daemon, which
-/// runs in the host's pid namespace).
-fn pid_ns_neighbours(pid_ns: u64, own: u64) -> Vec<(u64, u32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found: Vec<(u64, u32)> = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let ns_of = |kind: &str| rfs::stat(format!("/proc/{pid}/ns/{kind}")).map(|s| s.st_ino);
-        if ns_of("pid").ok() != Some(pid_ns) {
-            continue;
-        }
-        match ns_of("mnt") {
-            Ok(ns) if ns != own && !found.iter().any(|(seen, _)| *seen == ns) => {
-                found.push((ns, pid))
-            }
-            _ => {}
-        }
-    }
-    found
-}
-
-/// The inode of a process's mount namespace.
-fn mount_ns(pid: u32) -> io::Result<u64> {
-    Ok(rfs::stat(format!("/proc/{pid}/ns/mnt"))?.st_ino)
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One line of a mountinfo file, the fields the gate needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountEntry {
-    id: u64,
-    dev: String,
-    mount_point: PathBuf,
-    options: String,
-    fstype: String,
-}
-
-impl MountEntry {
-    /// Whether a file on this mount could be executed.
-    fn executable(&self) -> bool {
-        let noexec = self.options.split(',').any(|o| o == "noexec");
-        !noexec && !PSEUDO_FS.contains(&self.fstype.as_str())
-    }
-
-    /// Filesystem marks for the container's own overlay rootfs and for filesystems that exist
-    /// only inside the container; mount marks for anything the host also has mounted.
-    fn mark_kind(&self, host_devs: &HashSet<String>) -> MarkKind {
-        let rootfs = self.mount_point == Path::new("/") && self.fstype == "overlay";
-        if rootfs || !host_devs.contains(&self.dev) {
-            MarkKind::Filesystem
-        } else {
-            MarkKind::Mount
-        }
-    }
-}
-
-/// Parses mountinfo text (proc_pid_mountinfo(5)); unreadable lines are skipped.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines().filter_map(parse_mount_line).collect()
-}
-
-fn parse_mount_line(line: &str) -> Option<MountEntry> {
-    let (head, tail) = line.split_once(" - ")?;
-    let fields: Vec<&str> = head.split(' ').collect();
-    let fstype = tail.split(' ').next()?;
-    Some(MountEntry {
-        id: fields.first()?.parse().ok()?,
-        dev: fields.get(2)?.to_string(),
-        mount_point: PathBuf::from(unescape(fields.get(4)?)),
-        options: fields.get(5)?.to_string(),
-        fstype: fstype.to_string(),
-    })
-}
-
-/// Decodes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape(field: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            let text = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    std::ffi::OsString::from_vec(out)
-}
+mod mounts;
+use mounts::{host_devices, mount_ns, parse_mountinfo, pid_ns_neighbours, MountEntry};
 
 #[cfg(test)]
 mod tests {
+    use super::mounts::unescape;
     use super::*;
 
     const CONTAINER: &str = "\
