@@ -205,8 +205,11 @@ impl Supervisor {
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
             self.shared.clone().recover(holder_socket).await;
         }
-        if let Some(stale) = stale {
-            self.shared.drain(stale);
+        // Hand-offs being received and given to the holder: a clean stop waits for them, so
+        // no notify fd that runc handed over is closed before the holder has a copy.
+        let mut accepting = tokio::task::JoinSet::new();
+        for stream in stale.map(Shared::drain).unwrap_or_default() {
+            accepting.spawn(self.shared.clone().accept(stream));
         }
         if let Some(holder_socket) = self.shared.config.holder_socket.clone() {
             tokio::spawn(self.shared.clone().resync_holder(holder_socket, holder_id));
@@ -222,16 +225,20 @@ impl Supervisor {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        let shared = self.shared.clone();
-                        tokio::spawn(async move { shared.accept(stream).await });
+                        accepting.spawn(self.shared.clone().accept(stream));
                     }
                     Err(err) => warn!(error = %err, "accepting a hand-off failed"),
                 },
+                Some(_) = accepting.join_next(), if !accepting.is_empty() => {}
                 // A liveness probe: accepted and closed.
                 _ = alive.accept() => {}
             }
         }
         let _ = std::fs::remove_file(&alive_socket);
+        let finishing = async { while accepting.join_next().await.is_some() {} };
+        if tokio::time::timeout(ACCEPT_GRACE, finishing).await.is_err() {
+            warn!("hand-offs still being received at the stop were dropped");
+        }
         if !kept {
             let _ = std::fs::remove_file(&self.shared.config.socket_path);
         }
@@ -243,6 +250,9 @@ impl Supervisor {
         Ok(())
     }
 }
+
+/// How long a clean stop waits for hand-offs being received (each reads within 5 s).
+const ACCEPT_GRACE: Duration = Duration::from_secs(6);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())

@@ -229,11 +229,12 @@ impl Shared {
         Ok(served.len())
     }
 
-    /// Accepts and serves every hand-off waiting in the backlog of a listener that is no longer
-    /// used (its socket file was removed or replaced while no supervisor ran), then closes it.
-    pub(super) fn drain(self: &Arc<Self>, stale: OwnedFd) {
+    /// Accepts every hand-off waiting in the backlog of a listener that is no longer used (its
+    /// socket file was removed or replaced while no supervisor ran), then closes it; returns
+    /// the connections, to be served like any other.
+    pub(super) fn drain(stale: OwnedFd) -> Vec<tokio::net::UnixStream> {
         let _ = rustix::io::ioctl_fionbio(&stale, true);
-        let mut served = 0;
+        let mut waiting = Vec::new();
         loop {
             match rustix::net::accept_with(&stale, rustix::net::SocketFlags::CLOEXEC) {
                 Ok(conn) => {
@@ -242,11 +243,7 @@ impl Shared {
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::UnixStream::from_std(stream));
                     match stream {
-                        Ok(stream) => {
-                            served += 1;
-                            let shared = self.clone();
-                            tokio::spawn(async move { shared.accept(stream).await });
-                        }
+                        Ok(stream) => waiting.push(stream),
                         Err(err) => warn!(error = %err, "a waiting hand-off was lost"),
                     }
                 }
@@ -259,9 +256,10 @@ impl Shared {
             }
         }
         info!(
-            hand_offs = served,
+            hand_offs = waiting.len(),
             "previous hand-off listener drained and closed"
         );
+        waiting
     }
 
     pub(super) async fn accept(self: Arc<Self>, stream: tokio::net::UnixStream) {
