@@ -86,6 +86,7 @@ use crate::container::Container;
 use crate::decide::{Decider, EventSink, ExecEvent, ExecFacts};
 use crate::exec;
 use crate::fanotify::{Group, MarkKind, PermissionEvent};
+use crate::lock;
 use crate::resolve::{self, Caller, Lookup, Opened};
 use crate::supervisor::SupervisorConfig;
 
@@ -828,10 +829,6 @@ fn in_container(container: &Container, ns: u64, mountinfo: &str) -> Result<(), &
         Some(root) if root.upperdir.as_ref() == Some(upper) => Ok(()),
         _ => Err("its root is not the container's overlay"),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 mod mounts;

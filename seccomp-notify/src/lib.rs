@@ -36,3 +36,9 @@ pub mod target;
 
 pub use decide::{Decider, Decision, EventSink, ExecEvent, ExecFacts, ImageSource};
 pub use supervisor::{alive_path, Supervisor, SupervisorConfig, SupervisorError};
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every guarded update
+/// here is a single insert, remove or replace).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

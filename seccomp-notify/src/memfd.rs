@@ -315,7 +315,7 @@ impl Lockdown {
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Weak<Container>>> {
-        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.locked)
     }
 }
 

@@ -45,6 +45,7 @@ use crate::decide::{Decider, EventSink, ExecEvent, ExecFacts, ImageSource};
 use crate::exec::{self, Assessment, CallerMemory};
 use crate::handoff::ProcessState;
 use crate::holder;
+use crate::lock;
 use crate::stats::DecisionStats;
 use crate::sys::{self, Notification, Wait};
 
@@ -254,17 +255,13 @@ impl Supervisor {
 /// How long a clean stop waits for hand-offs being received (each reads within 5 s).
 const ACCEPT_GRACE: Duration = Duration::from_secs(6);
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 mod listener;
 pub use listener::alive_path;
 use listener::{bind, lock_instance};
 
 impl Shared {
     fn container(&self, state: &ProcessState) -> Arc<Container> {
-        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut containers = lock(&self.containers);
         containers.retain(|_, weak| weak.strong_count() > 0);
         if let Some(existing) = containers.get(&state.state.id).and_then(Weak::upgrade) {
             return existing;

@@ -20,9 +20,10 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
-use super::{lock, Shared, SupervisorError};
+use super::{Shared, SupervisorError};
 use crate::handoff::{self, ProcessState};
 use crate::holder;
+use crate::lock;
 
 /// How often the supervisor looks whether the fd holder was restarted.
 const HOLDER_CHECK: Duration = Duration::from_secs(2);
