@@ -53,6 +53,13 @@ async fn a_caller_whose_memory_blocks_reads_stalls_only_itself() {
     for i in 1..=3 {
         support::expect_line(&output, &format!("drift-{i}-rc=126"));
     }
+    // The attack was in place: the attacker's execs still wait for their answers (a kernel
+    // without userfaultfd would have let them fail at once, and this test prove nothing).
+    let pid = attacker.init_pid().expect("attacker pid");
+    assert!(
+        waiting_in_seccomp(pid) > 0,
+        "no attacker exec waits for the supervisor: the blocking read was never set up"
+    );
     drop(attacker);
     let events = supervisor.drain_events();
     for i in 1..=3 {
@@ -64,4 +71,20 @@ async fn a_caller_whose_memory_blocks_reads_stalls_only_itself() {
             "no deny event for {path}: {events:#?}"
         );
     }
+}
+
+/// Processes in the pid namespace of `pid` that wait for a seccomp notification's answer.
+fn waiting_in_seccomp(pid: u32) -> usize {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let target = ns(&pid.to_string());
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|p| p.parse::<u32>().is_ok() && ns(p).is_some() && ns(p) == target)
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/wchan"))
+                .is_ok_and(|w| w.starts_with("seccomp_do_user_notification"))
+        })
+        .count()
 }
