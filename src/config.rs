@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use driftguard_policy::alerts::{AlertError, HttpSinkConfig};
 use serde::{Deserialize, Serialize};
 
 /// Default location of the configuration file.
@@ -294,12 +295,7 @@ impl Config {
 impl NriConfig {
     fn problems(&self, out: &mut Vec<Problem>) {
         socket(out, "nri.socket", &self.socket, 0);
-        let name_ok = !self.plugin_name.is_empty()
-            && self
-                .plugin_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
-        if !name_ok {
+        if !driftguard_nri::plugin::valid_name(&self.plugin_name) {
             out.push(Problem::new(
                 "nri.pluginName",
                 &format!("{:?}", self.plugin_name),
@@ -307,7 +303,7 @@ impl NriConfig {
             ));
         }
         let index = &self.plugin_index;
-        if index.len() != 2 || !index.bytes().all(|b| b.is_ascii_digit()) {
+        if !driftguard_nri::plugin::valid_index(index) {
             out.push(Problem::new(
                 "nri.pluginIndex",
                 &format!("{index:?}"),
@@ -395,17 +391,12 @@ fn is_dns_label(name: &str) -> bool {
     !name.is_empty() && name.len() <= 63 && inner_ok && edge(bytes.first()) && edge(bytes.last())
 }
 
-/// What the alert sink accepts: `http://host[:port][/path]`, parsed as the sink parses it.
+/// What the alert sink accepts (`http://host[:port][/path]`), checked by the sink's own parser.
 fn check_http_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("is not a URL ({e})"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(format!("uses {other}://; only http:// is supported")),
-        None => return Err("has no scheme; only http:// is supported".into()),
-    }
-    match uri.authority() {
-        Some(a) if !a.host().is_empty() => Ok(()),
-        _ => Err("has no host".into()),
+    match HttpSinkConfig::new(url).check_url() {
+        Ok(()) => Ok(()),
+        Err(AlertError::Url { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
     }
 }
 

@@ -289,21 +289,30 @@ impl Plugin {
 /// Checks a name and index as the runtime will: a non-empty name of `[A-Za-z0-9_.+-]` and a
 /// two-digit index.
 pub fn check_identity(name: &str, idx: &str) -> Result<(), PluginError> {
-    let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
-    if !name_ok {
+    if !valid_name(name) {
         return Err(PluginError::Identity(format!(
             "name {name:?} must be [A-Za-z0-9_.+-]+"
         )));
     }
-    if idx.len() != 2 || !idx.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_index(idx) {
         return Err(PluginError::Identity(format!(
             "index {idx:?} must be two digits"
         )));
     }
     Ok(())
+}
+
+/// Whether the runtime accepts `name` as a plugin name: `[A-Za-z0-9_.+-]+`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b))
+}
+
+/// Whether the runtime accepts `idx` as a plugin index: two digits.
+pub fn valid_index(idx: &str) -> bool {
+    idx.len() == 2 && idx.bytes().all(|b| b.is_ascii_digit())
 }
 
 static INHERITED_TAKEN: AtomicBool = AtomicBool::new(false);

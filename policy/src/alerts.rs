@@ -94,6 +94,11 @@ pub struct HttpSinkConfig {
 }
 
 impl HttpSinkConfig {
+    /// Checks the URL exactly as the sink will parse it when it starts.
+    pub fn check_url(&self) -> Result<(), AlertError> {
+        HttpSink::new(self).map(drop)
+    }
+
     /// Defaults for `url`: 5 s timeout, 3 attempts, 200 ms backoff, 1024 queued alerts.
     pub fn new(url: &str) -> HttpSinkConfig {
         HttpSinkConfig {
