@@ -215,8 +215,8 @@ impl Policy {
     }
 }
 
-/// Where the first byte that is not UTF-8 sits, as the watcher reports it too.
-fn not_utf8(err: &std::string::FromUtf8Error) -> std::io::Error {
+/// Where the first byte that is not UTF-8 sits (used by [`Policy::load`] and the watcher).
+pub(crate) fn not_utf8(err: &std::string::FromUtf8Error) -> std::io::Error {
     let at = err.utf8_error().valid_up_to();
     let line = 1 + err.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
     std::io::Error::new(

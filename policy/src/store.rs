@@ -316,15 +316,9 @@ impl WatchState {
                     .reload_from_str(&src, &origin, self.metrics.as_ref());
             }
             Err(err) => {
-                let at = err.utf8_error().valid_up_to();
-                let line = 1 + err.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-                let source = std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("not UTF-8 text: invalid byte at offset {at} (line {line})"),
-                );
                 let error = PolicyError::Read {
                     path: self.path.clone(),
-                    source,
+                    source: crate::file::not_utf8(&err),
                 };
                 self.store.reject(error, self.metrics.as_ref());
             }
