@@ -27,6 +27,9 @@ use crate::verdict::FailurePolicy;
 pub const API_VERSION: &str = "driftguard.dev/v1";
 /// The `kind` of policy documents.
 pub const KIND: &str = "DriftPolicy";
+/// The comment line [`Policy::to_yaml`] starts its output with.
+pub const RENDERED_HEADER: &str = "# driftguard drift policy (see docs/policy.md)";
+
 /// Where the daemon reads its policy unless configured otherwise.
 pub const DEFAULT_POLICY_PATH: &str = "/etc/driftguard/policy.yaml";
 
@@ -211,7 +214,7 @@ impl Policy {
     pub fn to_yaml(&self) -> String {
         let doc = OutDoc::from(self);
         let body = serde_saphyr::to_string(&doc).unwrap_or_else(|e| format!("# unrenderable: {e}"));
-        format!("# driftguard drift policy (see docs/policy.md)\n{body}")
+        format!("{RENDERED_HEADER}\n{body}")
     }
 }
 

@@ -26,7 +26,7 @@ pub mod verdict;
 pub use alerts::{Alerts, AlertsConfig, HttpSinkConfig};
 pub use edit::{write_atomic, EditError, Move, RuleEdit};
 pub use event::{DriftEvent, ParentProcess, Severity};
-pub use file::{PolicyError, DEFAULT_POLICY_PATH};
+pub use file::{PolicyError, DEFAULT_POLICY_PATH, RENDERED_HEADER};
 pub use metrics::Metrics;
 pub use policy::{Decision, ExecFacts, Explanation, Options, Policy, Treatment};
 pub use rule::{AllowEntry, Condition, Field, Invalid, Operator, Rule};

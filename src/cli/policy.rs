@@ -390,11 +390,9 @@ fn change(
 
 /// Comment lines a rewrite drops: every `#` line but the header the rendering writes itself.
 fn comment_lines(text: &str) -> usize {
-    let header = Policy::default_policy().to_yaml();
-    let header = header.lines().next().unwrap_or_default();
     text.lines()
         .map(str::trim_start)
-        .filter(|line| line.starts_with('#') && *line != header)
+        .filter(|line| line.starts_with('#') && *line != driftguard_policy::RENDERED_HEADER)
         .count()
 }
 
